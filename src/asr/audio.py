@@ -1,0 +1,106 @@
+"""Audio in: decode a file (or take an array), mix to mono, resample to 16 kHz, validate.
+
+Every failure raises :class:`AudioError` naming the file and what is wrong, so a data loader can
+count and skip it and a user sees at once which input is broken.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+SAMPLE_RATE = 16_000
+HOP_LENGTH = 160  # samples per 10 ms log-mel frame at 16 kHz
+WHISPER_WINDOW_SECONDS = 30.0
+MIN_SECONDS = 0.1
+
+
+class AudioError(ValueError):
+    """Unusable audio; the message names the source and the problem."""
+
+
+def _decode(path: Path) -> tuple[np.ndarray, int]:
+    if not path.is_file():
+        raise AudioError(f"{path}: file not found")
+    if path.stat().st_size == 0:
+        raise AudioError(f"{path}: empty file (0 bytes)")
+    try:
+        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+        return data.T, rate
+    except (sf.LibsndfileError, RuntimeError, TypeError) as sf_err:
+        try:  # formats libsndfile lacks (mp3 on old builds, m4a): librosa's audioread fallback
+            import librosa
+
+            data, rate = librosa.load(str(path), sr=None, mono=False)
+            return np.atleast_2d(data).astype(np.float32), int(rate)
+        except Exception as err:  # noqa: BLE001 - report both decoders' reasons
+            raise AudioError(f"{path}: cannot decode audio ({sf_err}; {err})") from err
+
+
+def to_mono_16k(samples: np.ndarray, rate: int, name: str = "<array>") -> np.ndarray:
+    """Mix channels down and resample to 16 kHz; ``samples`` is (n,) or (channels, n)."""
+    samples = np.asarray(samples, dtype=np.float32)
+    if samples.ndim == 2:
+        # accept (n, channels) as well as (channels, n): channels is the short axis
+        if samples.shape[0] > samples.shape[1]:
+            samples = samples.T
+        samples = samples.mean(axis=0)
+    elif samples.ndim != 1:
+        raise AudioError(f"{name}: expected 1-D or 2-D audio, got shape {samples.shape}")
+    if rate <= 0:
+        raise AudioError(f"{name}: invalid sample rate {rate}")
+    if rate != SAMPLE_RATE and samples.size:
+        import librosa
+
+        samples = librosa.resample(samples, orig_sr=rate, target_sr=SAMPLE_RATE, res_type="soxr_hq")
+    return np.ascontiguousarray(samples, dtype=np.float32)
+
+
+def validate(samples: np.ndarray, name: str = "<array>", max_seconds: float | None = None) -> np.ndarray:
+    """Reject audio that cannot be transcribed meaningfully: empty, NaN/inf, too short or too long."""
+    if samples.size == 0:
+        raise AudioError(f"{name}: no audio samples")
+    if not np.isfinite(samples).all():
+        raise AudioError(f"{name}: audio contains NaN or infinite samples")
+    seconds = samples.size / SAMPLE_RATE
+    if seconds < MIN_SECONDS:
+        raise AudioError(f"{name}: clip is {seconds:.3f} s long, shorter than {MIN_SECONDS} s")
+    if max_seconds is not None and seconds > max_seconds:
+        raise AudioError(f"{name}: clip is {seconds:.1f} s long, over the {max_seconds:.0f} s limit")
+    return samples
+
+
+def load_audio(
+    source: str | Path | bytes | np.ndarray,
+    sampling_rate: int | None = None,
+    max_seconds: float | None = None,
+) -> np.ndarray:
+    """Load a path, raw file bytes or an array as validated 16 kHz mono float32.
+
+    Arrays need ``sampling_rate``; files carry their own. Stereo is averaged, other rates are
+    resampled, and anything unusable raises :class:`AudioError`.
+    """
+    if isinstance(source, np.ndarray):
+        if sampling_rate is None:
+            raise AudioError("<array>: sampling_rate is required for raw arrays")
+        return validate(to_mono_16k(source, sampling_rate), max_seconds=max_seconds)
+    if isinstance(source, bytes):
+        name = "<bytes>"
+        if not source:
+            raise AudioError(f"{name}: empty input")
+        try:
+            data, rate = sf.read(io.BytesIO(source), dtype="float32", always_2d=True)
+        except Exception as err:  # noqa: BLE001
+            raise AudioError(f"{name}: cannot decode audio ({err})") from err
+        return validate(to_mono_16k(data.T, rate, name), name, max_seconds)
+    path = Path(source)
+    data, rate = _decode(path)
+    return validate(to_mono_16k(data, rate, str(path)), str(path), max_seconds)
+
+
+def mel_frames(num_samples: int) -> int:
+    """Number of 10 ms log-mel frames Whisper's feature extractor gives ``num_samples`` of audio."""
+    return num_samples // HOP_LENGTH

@@ -1,0 +1,117 @@
+"""`ASRConfig`: the one configuration object of the encoder-projector-LLM model.
+
+It records where the frozen parts come from (``*_source``), enough of their own configs to rebuild
+their architectures without any network (``encoder_config`` / ``decoder_config``, filled in when
+the sources are first loaded), and everything the trainable part and the prompt need.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import PreTrainedConfig
+
+PACKAGED_WHISPER = "packaged:whisper-tiny.en"
+PACKAGED_SMOLLM2 = "packaged:smollm2-135m-instruct"
+
+ENCODER_MODES = ("variable", "padded")
+
+
+class ASRConfig(PreTrainedConfig):
+    """Configuration of :class:`asr.modeling.ASRModel`.
+
+    Args:
+        encoder_source: where the Whisper encoder weights come from: a packaged offline source
+            (``packaged:whisper-tiny.en``), a hub id, a local directory, or ``random`` (tests).
+        decoder_source: the same for the causal LM (``packaged:smollm2-135m-instruct`` offline).
+        tokenizer_source: where the LLM tokenizer comes from when it differs from
+            ``decoder_source`` (a ``random`` decoder in tests borrows a real tokenizer).
+        encoder_config / decoder_config: ``to_dict()`` of the loaded models' configs, so widths are
+            always read from the real models and a checkpoint can be rebuilt offline.
+        encoder_mode: ``variable`` runs the encoder on the frames that hold audio only;
+            ``padded`` pads every clip to Whisper's 30 s window and trims the output.
+        projector_type: a key of :data:`asr.projector.PROJECTORS`.
+        projector_stack: k, the number of 20 ms encoder frames stacked into one LLM position.
+        projector_hidden: hidden width of the projector MLP (default: the LLM width).
+        projector_output_rms: initial RMS of the projector output; ``None`` means "match the
+            LLM's token embeddings", measured when the decoder is loaded.
+        instruction / system_prompt / audio_placeholder: the prompt (see :mod:`asr.prompt`).
+        lora: ``None`` or a dict of peft ``LoraConfig`` arguments applied to the LLM.
+        encoder_lora: the same for the Whisper encoder.
+        max_new_tokens_per_second / min_new_tokens: the decoding cap derived from audio length.
+        repetition_penalty / no_repeat_ngram_size: decoding guards against repetition loops.
+    """
+
+    model_type = "asr_llm"
+
+    def __init__(
+        self,
+        encoder_source: str = PACKAGED_WHISPER,
+        decoder_source: str = PACKAGED_SMOLLM2,
+        tokenizer_source: str | None = None,
+        encoder_config: dict[str, Any] | None = None,
+        decoder_config: dict[str, Any] | None = None,
+        encoder_mode: str = "variable",
+        projector_type: str = "stack_mlp",
+        projector_stack: int = 5,
+        projector_hidden: int | None = None,
+        projector_dropout: float = 0.0,
+        projector_output_rms: float | None = None,
+        instruction: str = "Transcribe the audio.",
+        system_prompt: str | None = "You are a speech recognizer. Write exactly what is said.",
+        audio_placeholder: str = "<|audio|>",
+        lora: dict[str, Any] | None = None,
+        encoder_lora: dict[str, Any] | None = None,
+        max_new_tokens_per_second: float = 8.0,
+        min_new_tokens: int = 16,
+        repetition_penalty: float = 1.1,
+        no_repeat_ngram_size: int = 0,
+        **kwargs: Any,
+    ) -> None:
+        self.encoder_source = encoder_source
+        self.decoder_source = decoder_source
+        self.tokenizer_source = tokenizer_source
+        self.encoder_config = encoder_config
+        self.decoder_config = decoder_config
+        self.encoder_mode = encoder_mode
+        self.projector_type = projector_type
+        self.projector_stack = int(projector_stack)
+        self.projector_hidden = projector_hidden
+        self.projector_dropout = float(projector_dropout)
+        self.projector_output_rms = projector_output_rms
+        self.instruction = instruction
+        self.system_prompt = system_prompt
+        self.audio_placeholder = audio_placeholder
+        self.lora = dict(lora) if lora else None
+        self.encoder_lora = dict(encoder_lora) if encoder_lora else None
+        self.max_new_tokens_per_second = float(max_new_tokens_per_second)
+        self.min_new_tokens = int(min_new_tokens)
+        self.repetition_penalty = float(repetition_penalty)
+        self.no_repeat_ngram_size = int(no_repeat_ngram_size)
+        super().__init__(**kwargs)
+        self.validate()
+
+    def validate(self) -> None:
+        """Fail early, naming the key, on values that would only break deep inside a run."""
+        if self.encoder_mode not in ENCODER_MODES:
+            raise ValueError(f"encoder_mode={self.encoder_mode!r}: expected one of {ENCODER_MODES}")
+        if self.projector_stack < 1:
+            raise ValueError(f"projector_stack={self.projector_stack}: must be >= 1")
+        if self.max_new_tokens_per_second <= 0:
+            raise ValueError(f"max_new_tokens_per_second={self.max_new_tokens_per_second}: must be > 0")
+        if self.audio_placeholder and self.instruction and self.audio_placeholder in self.instruction:
+            raise ValueError("instruction must not contain the audio placeholder; it is inserted for you")
+
+    @property
+    def encoder_width(self) -> int:
+        """Width of the encoder's output frames, read from the loaded encoder's config."""
+        if not self.encoder_config:
+            raise ValueError("encoder_config is unset: load the encoder (ASRModel.from_sources) first")
+        return int(self.encoder_config["d_model"])
+
+    @property
+    def decoder_width(self) -> int:
+        """Width of the LLM's embeddings, read from the loaded decoder's config."""
+        if not self.decoder_config:
+            raise ValueError("decoder_config is unset: load the decoder (ASRModel.from_sources) first")
+        return int(self.decoder_config["hidden_size"])

