@@ -1,0 +1,394 @@
+"""Corpora in, training examples out: manifests, audiofolders, hub datasets, the synthetic corpus.
+
+Every source yields rows ``{"id", "audio", "text", "context"?}`` where ``audio`` is a path, raw
+bytes or a 16 kHz array. Rows that cannot be used (missing or empty text, unreadable, NaN, silent
+or over-long audio) are skipped and recorded in :class:`BadRows` with the file name and the reason,
+so a long run neither crashes nor loses data silently.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import random
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from asr.audio import AudioError, load_audio
+from asr.prompt import PromptBuilder
+
+log = logging.getLogger(__name__)
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".m4a")
+
+
+@dataclass
+class BadRows:
+    """Skipped rows with their file names and reasons; ``summary()`` is printed at the end of a run."""
+
+    rows: list[tuple[str, str]] = field(default_factory=list)
+
+    def add(self, name: str, reason: str) -> None:
+        self.rows.append((name, reason))
+        log.warning("skipping %s: %s", name, reason)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def summary(self) -> str:
+        if not self.rows:
+            return "bad data: none skipped"
+        kinds = Counter(reason.split(":")[0] for _, reason in self.rows)
+        head = ", ".join(f"{n} {k}" for k, n in kinds.most_common())
+        files = "; ".join(f"{name} ({reason})" for name, reason in self.rows[:10])
+        more = f"; ... {len(self.rows) - 10} more" if len(self.rows) > 10 else ""
+        return f"bad data: {len(self.rows)} rows skipped ({head}): {files}{more}"
+
+    def write(self, path: Path) -> None:
+        path.write_text("".join(json.dumps({"file": n, "reason": r}) + "\n" for n, r in self.rows))
+
+
+def normalize_target(text: str, mode: str) -> str:
+    """Training-target normalisation: ``none`` keeps the corpus text, ``lower`` lower-cases,
+    ``plain`` lower-cases and strips punctuation (the corpora here are upper case, unpunctuated)."""
+    text = " ".join(text.split())
+    if mode == "none":
+        return text
+    if mode == "lower":
+        return text.lower()
+    if mode == "plain":
+        return re.sub(r"[^\w' ]+", "", text.lower()).strip()
+    raise ValueError(f"data.text_normalization={mode!r}: expected none, lower or plain")
+
+
+def read_manifest(path: str | Path, bad: BadRows, limit: int | None = None) -> list[dict[str, Any]]:
+    """JSONL rows with ``audio`` (relative to the manifest's folder or absolute) and ``text``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: manifest not found")
+    rows = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            bad.add(f"{path}:{n}", f"invalid json: {err}")
+            continue
+        if not row.get("audio"):
+            bad.add(f"{path}:{n}", "missing audio: no 'audio' field")
+            continue
+        audio = Path(row["audio"])
+        audio = audio if audio.is_absolute() else path.parent / audio
+        text = row.get("text")
+        if not isinstance(text, str) or not text.strip():
+            bad.add(str(audio), "empty transcript: 'text' missing or empty")
+            continue
+        rows.append({**row, "id": str(row.get("utt_id") or audio.stem), "audio": str(audio), "text": text})
+        if limit and len(rows) >= limit:
+            break
+    return rows
+
+
+def read_audiofolder(folder: str | Path, bad: BadRows, limit: int | None = None) -> list[dict[str, Any]]:
+    """A HF-style audiofolder: audio files plus ``metadata.jsonl`` or ``metadata.csv`` with
+    ``file_name`` and ``text`` (or ``transcription``)."""
+    folder = Path(folder)
+    meta_jsonl, meta_csv = folder / "metadata.jsonl", folder / "metadata.csv"
+    if meta_jsonl.is_file():
+        entries = [json.loads(line) for line in meta_jsonl.read_text().splitlines() if line.strip()]
+    elif meta_csv.is_file():
+        with meta_csv.open(newline="") as f:
+            entries = list(csv.DictReader(f))
+    else:
+        raise FileNotFoundError(f"{folder}: audiofolder needs metadata.jsonl or metadata.csv")
+    rows = []
+    for entry in entries:
+        name = entry.get("file_name")
+        text = entry.get("text", entry.get("transcription"))
+        if not name:
+            bad.add(str(folder), "missing audio: metadata row without file_name")
+            continue
+        if not isinstance(text, str) or not text.strip():
+            bad.add(str(folder / name), "empty transcript: no text in metadata")
+            continue
+        rows.append({"id": Path(name).stem, "audio": str(folder / name), "text": text})
+        if limit and len(rows) >= limit:
+            break
+    return rows
+
+
+def read_hub(
+    name: str,
+    bad: BadRows,
+    config: str | None = None,
+    split: str = "train",
+    text_column: str = "text",
+    audio_column: str = "audio",
+    streaming: bool = True,
+    limit: int | None = None,
+) -> list[dict[str, Any]]:
+    """Rows of a hub dataset (LibriSpeech, Common Voice...). Audio is kept undecoded
+    (``Audio(decode=False)``) and decoded by us with soundfile, so no FFmpeg/torchcodec is needed."""
+    from datasets import Audio, load_dataset
+
+    from asr.sources import hub_reachable, offline_hint
+
+    if not Path(name).exists() and not hub_reachable():
+        raise RuntimeError(
+            f"dataset {name!r}: the Hugging Face Hub is unreachable (offline?). {offline_hint()}"
+        )
+    ds = load_dataset(name, config, split=split, streaming=streaming)
+    ds = ds.cast_column(audio_column, Audio(decode=False))
+    rows = []
+    for i, example in enumerate(ds):
+        audio = example[audio_column]
+        text = example.get(text_column)
+        ident = str(example.get("id") or audio.get("path") or f"{name}:{i}")
+        if not isinstance(text, str) or not text.strip():
+            bad.add(ident, "empty transcript")
+            continue
+        rows.append({"id": ident, "audio": audio.get("bytes") or audio.get("path"), "text": text})
+        if limit and len(rows) >= limit:
+            break
+    return rows
+
+
+def read_source(spec: dict[str, Any], bad: BadRows) -> list[dict[str, Any]]:
+    """One corpus from its config entry: ``{type: manifest|audiofolder|hub|synthetic, ...}``."""
+    kind = spec.get("type")
+    limit = spec.get("limit")
+    if kind == "manifest":
+        return read_manifest(spec["path"], bad, limit)
+    if kind == "audiofolder":
+        return read_audiofolder(spec["path"], bad, limit)
+    if kind == "hub":
+        args = {
+            k: spec[k] for k in ("config", "split", "text_column", "audio_column", "streaming") if k in spec
+        }
+        return read_hub(spec["name"], bad, limit=limit, **args)
+    if kind == "synthetic":
+        from asr.sources import cache_dir
+        from asr.synth import build_corpus
+
+        seed = int(spec.get("seed", 0))
+        out = Path(
+            spec.get("path") or cache_dir() / "synthetic" / f"{spec.get('split', 'train')}-{spec['n']}-{seed}"
+        )
+        manifest = build_corpus(out, int(spec["n"]), seed=seed, split=spec.get("split", "train"))
+        return read_manifest(manifest, bad, limit)
+    raise ValueError(f"data source type={kind!r}: expected manifest, audiofolder, hub or synthetic")
+
+
+def read_sources(specs: list[dict[str, Any]], bad: BadRows, seed: int = 0) -> list[dict[str, Any]]:
+    """Several corpora mixed by ``weight`` (a repeat factor: 2 doubles a corpus, 0.5 keeps half)."""
+    rng = random.Random(seed)
+    rows: list[dict[str, Any]] = []
+    for spec in specs:
+        part = read_source(spec, bad)
+        weight = float(spec.get("weight", 1.0))
+        whole, frac = int(weight), weight - int(weight)
+        rows += part * whole + rng.sample(part, round(frac * len(part)))
+    return rows
+
+
+def load_clip(row: dict[str, Any], bad: BadRows, max_seconds: float) -> np.ndarray | None:
+    """Decoded 16 kHz audio of a row, or None (recorded in ``bad``) if unusable."""
+    try:
+        audio = row["audio"]
+        if isinstance(audio, dict):  # an in-memory datasets Audio value
+            return load_audio(audio["array"], audio["sampling_rate"], max_seconds=max_seconds)
+        return load_audio(audio, max_seconds=max_seconds)
+    except AudioError as err:
+        bad.add(
+            str(row.get("id") if not isinstance(row["audio"], str) else row["audio"]), f"bad audio: {err}"
+        )
+        return None
+
+
+@dataclass
+class Example:
+    """A prepared training example: encoder frames (cached) or features, and its target."""
+
+    id: str
+    text: str
+    frames: torch.Tensor | None = None  # (T, width) encoder output, when cached
+    features: torch.Tensor | None = None  # (n_mels, T_mel) log-mel, when not
+    mel_length: int = 0
+    context: str | None = None
+
+    @property
+    def length(self) -> int:
+        return self.frames.shape[0] if self.frames is not None else (self.mel_length + 1) // 2
+
+
+class ExampleDataset(torch.utils.data.Dataset):
+    def __init__(self, examples: list[Example]) -> None:
+        self.examples = examples
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, i: int) -> Example:
+        return self.examples[i]
+
+
+class Collator:
+    """Batches examples: pads frames (or features), builds prompts with exactly
+    ``output_length(frames)`` audio positions, and masks everything but the transcript."""
+
+    def __init__(self, prompts: PromptBuilder, output_length: Any) -> None:
+        self.prompts = prompts
+        self.output_length = output_length
+
+    def __call__(self, batch: list[Example]) -> dict[str, torch.Tensor]:
+        prompts = [
+            self.prompts.build(int(self.output_length(ex.length)), transcript=ex.text, context=ex.context)
+            for ex in batch
+        ]
+        out = self.prompts.collate(prompts, padding_side="right")
+        if batch[0].frames is not None:
+            lengths = torch.tensor([ex.frames.shape[0] for ex in batch])
+            frames = torch.zeros(
+                len(batch), int(lengths.max()), batch[0].frames.shape[1], dtype=batch[0].frames.dtype
+            )
+            for i, ex in enumerate(batch):
+                frames[i, : ex.frames.shape[0]] = ex.frames
+            out.update(encoder_frames=frames, encoder_lengths=lengths)
+        else:
+            width = max(ex.features.shape[-1] for ex in batch)
+            features = torch.stack(
+                [
+                    torch.nn.functional.pad(
+                        ex.features, (0, width - ex.features.shape[-1]), value=float(ex.features.min())
+                    )
+                    for ex in batch
+                ]
+            )
+            out.update(input_features=features, mel_lengths=torch.tensor([ex.mel_length for ex in batch]))
+        return out
+
+
+class LengthGroupedSampler(torch.utils.data.Sampler[int]):
+    """Shuffles, then sorts within mega-batches of ``50 * batch_size`` by length, so batches hold
+    clips of similar length (less padding) while the order stays random across batches.
+    Deterministic in (seed, epoch), which is what makes resumed runs replay the same order."""
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int, group: bool = True) -> None:
+        self.lengths, self.batch_size, self.seed, self.group = lengths, batch_size, seed, group
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        rng = random.Random(self.seed * 100_003 + self.epoch)
+        order = list(range(len(self.lengths)))
+        rng.shuffle(order)
+        if not self.group:
+            return iter(order)
+        mega = 50 * self.batch_size
+        chunks = [
+            sorted(order[i : i + mega], key=lambda j: -self.lengths[j]) for i in range(0, len(order), mega)
+        ]
+        batches = [c[i : i + self.batch_size] for c in chunks for i in range(0, len(c), self.batch_size)]
+        rng.shuffle(batches)
+        return iter([i for b in batches for i in b])
+
+
+def hotword_context(text: str, vocabulary: list[str], rng: random.Random) -> str:
+    """A hot-word list for prompt-conditioned training: some words of the transcript mixed with
+    distractors, shuffled, so the model learns to use (not copy) the context."""
+    words = [w for w in text.split() if len(w) > 2] or text.split()
+    picked = rng.sample(words, min(len(words), rng.randint(1, 3)))
+    picked += rng.sample(vocabulary, min(len(vocabulary), rng.randint(1, 3)))
+    rng.shuffle(picked)
+    return ", ".join(dict.fromkeys(picked))
+
+
+def prepare_examples(
+    rows: list[dict[str, Any]],
+    model: Any,
+    bad: BadRows,
+    cache: Any = None,
+    precompute: bool = True,
+    max_seconds: float = 30.0,
+    text_normalization: str = "none",
+    context_prob: float = 0.0,
+    seed: int = 0,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> list[Example]:
+    """Decode, validate and (with ``precompute``) encode every row once.
+
+    With ``precompute`` the frozen encoder runs here, in length-sorted batches, and its frames are
+    kept (and cached on disk when ``cache`` is given); without it the examples keep log-mel
+    features and the encoder runs in every training step (the naive path, for benchmarks).
+    """
+    from tqdm.auto import tqdm
+
+    rng = random.Random(seed)
+    vocabulary = sorted({w for r in rows for w in normalize_target(r["text"], text_normalization).split()})
+    pending: list[tuple[dict[str, Any], np.ndarray, str]] = []
+    for row in tqdm(rows, desc="reading audio", disable=not progress):
+        audio = load_clip(row, bad, max_seconds)
+        if audio is None:
+            continue
+        if float(np.sqrt(np.mean(audio**2))) < 1e-5:
+            bad.add(str(row["audio"]), "silent audio: RMS below 1e-5")
+            continue
+        text = normalize_target(row["text"], text_normalization)
+        pending.append((row, audio, text))
+    examples: list[Example] = []
+    contexts = [
+        hotword_context(t, vocabulary, rng) if rng.random() < context_prob else row.get("context")
+        for row, _, t in pending
+    ]
+    order = sorted(range(len(pending)), key=lambda i: len(pending[i][1]))
+    results: dict[int, Example] = {}
+    todo = []
+    for i in order:
+        row, audio, text = pending[i]
+        frames = cache.get(audio) if (cache is not None and precompute) else None
+        if frames is not None:
+            results[i] = Example(row["id"], text, frames=frames, context=contexts[i])
+        else:
+            todo.append(i)
+    batches = [todo[j : j + batch_size] for j in range(0, len(todo), batch_size)]
+    for batch in tqdm(
+        batches, desc="encoding audio" if precompute else "log-mel", disable=not progress or not batches
+    ):
+        audios = [pending[i][1] for i in batch]
+        feats = model.features(audios)
+        if not precompute:
+            for n, i in enumerate(batch):
+                m = int(feats["mel_lengths"][n])
+                results[i] = Example(
+                    pending[i][0]["id"],
+                    pending[i][2],
+                    features=feats["input_features"][n, :, : m + m % 2].clone(),
+                    mel_length=m,
+                    context=contexts[i],
+                )
+            continue
+        with torch.no_grad():
+            frames, lengths = model.encode(
+                feats["input_features"].to(model.device), feats["mel_lengths"].to(model.device)
+            )
+        for n, i in enumerate(batch):
+            f = frames[n, : int(lengths[n])].to(torch.float16).cpu().clone()
+            if cache is not None:
+                cache.put(pending[i][1], f)
+            results[i] = Example(pending[i][0]["id"], pending[i][2], frames=f, context=contexts[i])
+    examples = [results[i] for i in range(len(pending))]
+    return examples
