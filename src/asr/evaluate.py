@@ -1,0 +1,242 @@
+"""Word and character error rates on a JSONL manifest, with the same normaliser for every system.
+
+Normalisation is Whisper's English normaliser (``EnglishTextNormalizer`` from transformers: lower
+case, punctuation and fillers removed, contractions and titles expanded, spelled numbers turned
+into digits) with two documented changes:
+
+- its British -> American spelling table is not shipped with transformers (it lives in the hub
+  tokenizer repos), so spellings are left as they are (an empty table); our corpora are American
+  English, so this changes nothing measurable here;
+- numbers are then compared *digit by digit as words*: "26", "twenty six" and "2 6" all become
+  "two six", "TWO SIX FOUR EIGHT" and "2648" both become "two six four eight". Whisper's
+  normaliser alone turns "two six four eight" into "2648" but "2, 6, 4, 8." into "2 6 4 8" and
+  "0351" into "351", which would count a correctly read digit string as several errors depending
+  on punctuation; speechocean762 is full of read digit strings. Digit runs that start with 0 are
+  spaced before Whisper's normaliser so their leading zeros survive.
+
+WER and CER are corpus-level: total edits over total reference words (characters), not a mean of
+per-utterance rates. CER counts the spaces of the normalised text as characters.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import jiwer
+from tqdm.auto import tqdm
+from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
+
+from asr.transcribe import Transcriber
+
+DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+
+@lru_cache(maxsize=1)
+def _whisper_normalizer() -> EnglishTextNormalizer:
+    return EnglishTextNormalizer({})
+
+
+def _space_leading_zero(match: re.Match) -> str:
+    return " ".join(match.group(0))
+
+
+def normalize(text: str) -> str:
+    """Whisper-style English normalisation with numbers spelled digit by digit (see module doc)."""
+    text = re.sub(r"(?<![\d.,])0\d+", _space_leading_zero, text)
+    text = _whisper_normalizer()(text)
+    text = re.sub(r"(?<=\w)\.(?=\d)", " point ", text)  # Whisper writes 1.5 as "one.5"
+    text = text.replace("%", " percent ")
+    text = re.sub(r"\d", lambda m: f" {DIGIT_WORDS[int(m.group(0))]} ", text)
+    text = re.sub(r"[^\w' ]", " ", text)
+    return " ".join(text.split())
+
+
+@dataclass
+class Counts:
+    """Edit counts of one or many utterances; rates are ``errors / reference``."""
+
+    substitutions: int = 0
+    deletions: int = 0
+    insertions: int = 0
+    reference: int = 0
+
+    @property
+    def errors(self) -> int:
+        return self.substitutions + self.deletions + self.insertions
+
+    @property
+    def rate(self) -> float:
+        if self.reference == 0:
+            return 0.0 if self.errors == 0 else float("inf")
+        return self.errors / self.reference
+
+    def __add__(self, other: Counts) -> Counts:
+        return Counts(
+            self.substitutions + other.substitutions,
+            self.deletions + other.deletions,
+            self.insertions + other.insertions,
+            self.reference + other.reference,
+        )
+
+
+def _counts(ref: list[str], hyp: list[str]) -> Counts:
+    """Levenshtein alignment counts of token lists; an empty side is all deletions or insertions."""
+    if not ref:
+        return Counts(insertions=len(hyp))
+    if not hyp:
+        return Counts(deletions=len(ref), reference=len(ref))
+    out = jiwer.process_words(" ".join(ref), " ".join(hyp))
+    return Counts(out.substitutions, out.deletions, out.insertions, len(ref))
+
+
+def word_counts(reference: str, hypothesis: str) -> Counts:
+    """Word edits between two already-normalised strings."""
+    return _counts(reference.split(), hypothesis.split())
+
+
+def char_counts(reference: str, hypothesis: str) -> Counts:
+    """Character edits (spaces included) between two already-normalised strings."""
+    ref, hyp = list(reference), list(hypothesis)
+    if not ref or not hyp:
+        return _counts(ref, hyp)
+    out = jiwer.process_characters(reference, hypothesis)
+    return Counts(out.substitutions, out.deletions, out.insertions, len(ref))
+
+
+def corpus_wer(references: Sequence[str], hypotheses: Sequence[str], normalise: bool = True) -> float:
+    """Total word edits / total reference words."""
+    f = normalize if normalise else (lambda s: s)
+    total = sum((word_counts(f(r), f(h)) for r, h in zip(references, hypotheses, strict=True)), Counts())
+    return total.rate
+
+
+def corpus_cer(references: Sequence[str], hypotheses: Sequence[str], normalise: bool = True) -> float:
+    """Total character edits / total reference characters."""
+    f = normalize if normalise else (lambda s: s)
+    total = sum((char_counts(f(r), f(h)) for r, h in zip(references, hypotheses, strict=True)), Counts())
+    return total.rate
+
+
+# --------------------------------------------------------------------------- manifests and runs
+
+
+def read_manifest(path: str | Path, limit: int | None = None) -> list[dict]:
+    """Rows of a JSONL manifest with ``audio`` made absolute (it is relative to the manifest's folder)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: manifest not found")
+    rows = []
+    for n, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        if "audio" not in row or "text" not in row:
+            raise ValueError(f"{path}:{n}: a manifest row needs 'audio' and 'text'")
+        row["audio"] = str((path.parent / row["audio"]).resolve())
+        row.setdefault("utt_id", Path(row["audio"]).stem)
+        rows.append(row)
+        if limit is not None and len(rows) >= limit:
+            break
+    return rows
+
+
+@dataclass
+class Result:
+    """One system's scores on one manifest."""
+
+    system: str
+    utterances: int
+    failed: int
+    audio_minutes: float
+    wer: float
+    cer: float
+    substitutions: int
+    deletions: int
+    insertions: int
+    reference_words: int
+    seconds: float
+    rtf: float  # processing seconds / audio seconds
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def evaluate(
+    transcriber: Transcriber,
+    rows: list[dict],
+    report: str | Path | None = None,
+    chunk: int = 64,
+    progress: bool = True,
+) -> Result:
+    """Transcribe every row, score it, optionally write a per-utterance JSONL report.
+
+    A file that cannot be transcribed counts as an empty hypothesis (all deletions) and is listed
+    with its error. The clock covers decoding the audio and the model, not loading the model.
+    """
+    words, chars, seconds, audio_seconds, failed = Counts(), Counts(), 0.0, 0.0, 0
+    lines = []
+    bar = tqdm(total=len(rows), desc=f"evaluating {transcriber.name}", unit="utt", disable=not progress)
+    for k in range(0, len(rows), chunk):
+        part = rows[k : k + chunk]
+        start = time.perf_counter()
+        transcripts = transcriber([r["audio"] for r in part])
+        seconds += time.perf_counter() - start
+        for row, t in zip(part, transcripts, strict=True):
+            ref, hyp = normalize(row["text"]), normalize(t.text)
+            w, c = word_counts(ref, hyp), char_counts(ref, hyp)
+            words, chars = words + w, chars + c
+            audio_seconds += t.duration or float(row.get("duration", 0.0))
+            failed += t.error is not None
+            lines.append(
+                {
+                    "id": row["utt_id"],
+                    "audio": row["audio"],
+                    "ref": row["text"],
+                    "hyp": t.text,
+                    "ref_normalised": ref,
+                    "hyp_normalised": hyp,
+                    "wer": round(w.rate, 4),
+                    "errors": {"sub": w.substitutions, "del": w.deletions, "ins": w.insertions},
+                    "ref_words": w.reference,
+                    "error": t.error,
+                }
+            )
+        bar.update(len(part))
+    bar.close()
+    if report is not None:
+        report = Path(report)
+        report.parent.mkdir(parents=True, exist_ok=True)
+        report.write_text("".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines))
+    return Result(
+        system=transcriber.name,
+        utterances=len(rows),
+        failed=failed,
+        audio_minutes=round(audio_seconds / 60, 2),
+        wer=words.rate,
+        cer=chars.rate,
+        substitutions=words.substitutions,
+        deletions=words.deletions,
+        insertions=words.insertions,
+        reference_words=words.reference,
+        seconds=round(seconds, 2),
+        rtf=seconds / audio_seconds if audio_seconds else float("nan"),
+    )
+
+
+def format_table(results: Sequence[Result]) -> str:
+    """A Markdown table, one row per system, for side-by-side comparison."""
+    header = "| system | utts | failed | audio min | WER | CER | sub/del/ins | seconds | RTF |"
+    lines = [header, "|---" * (header.count("|") - 1) + "|"]
+    for r in results:
+        lines.append(
+            f"| {r.system} | {r.utterances} | {r.failed} | {r.audio_minutes:.2f} | {100 * r.wer:.2f}% "
+            f"| {100 * r.cer:.2f}% | {r.substitutions}/{r.deletions}/{r.insertions} | {r.seconds:.1f} "
+            f"| {r.rtf:.3f} |"
+        )
+    return "\n".join(lines)
