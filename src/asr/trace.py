@@ -13,8 +13,6 @@ the same objects display inline in a notebook.
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -23,9 +21,9 @@ import torch
 from matplotlib.figure import Figure
 
 from asr.audio import HOP_LENGTH, SAMPLE_RATE, load_audio
-from asr.config import ASRConfig
 from asr.modeling import ASRModel
 from asr.prompt import IGNORE_INDEX
+from asr.transcribe import DEFAULT_MODEL, load_model
 
 ENCODER_FRAME_SECONDS = 2 * HOP_LENGTH / SAMPLE_RATE  # conv2 has stride 2: 20 ms per frame
 MEL_FRAME_SECONDS = HOP_LENGTH / SAMPLE_RATE  # 10 ms
@@ -191,11 +189,15 @@ def trace(
 ) -> Trace:
     """Take one clip (a path, or a 16 kHz mono array) through ``model`` and draw every stage.
 
+    ``model``: a loaded model, a checkpoint directory, or ``None`` for the shipped offline
+    checkpoint (:data:`asr.transcribe.DEFAULT_MODEL`; the untrained model, with a warning, until
+    it exists).
+
     The decoder's attention comes from a second, teacher-forced pass over the prompt plus the
     re-tokenised transcript (built by the prompt builder exactly like a training example), with
     eager attention switched on for that pass only; ``layer=None`` averages all layers.
     """
-    model = model if isinstance(model, ASRModel) else load_model(model)
+    model = model if isinstance(model, ASRModel) else load_model(DEFAULT_MODEL if model is None else model)
     samples = load_audio(audio, sampling_rate=SAMPLE_RATE if isinstance(audio, np.ndarray) else None)
     say = print if verbose else (lambda *_: None)
     say(f"waveform     : {len(samples)} samples = {len(samples) / SAMPLE_RATE:.2f} s at {SAMPLE_RATE} Hz")
@@ -311,23 +313,6 @@ def save_figures(figures: dict[str, Figure], out_dir: str | Path, dpi: int = 110
         files[name] = out / f"{index}_{name}.png"
         fig.savefig(files[name], dpi=dpi)
     return files
-
-
-def default_model_path() -> Path | None:
-    """The trained offline checkpoint named by :mod:`asr.transcribe`, when both exist."""
-    if importlib.util.find_spec("asr.transcribe") is None:
-        return None
-    path = Path(importlib.import_module("asr.transcribe").DEFAULT_MODEL)
-    return path if (path / "config.json").is_file() else None
-
-
-def load_model(path: str | Path | None = None) -> ASRModel:
-    """A checkpoint directory, else the default trained checkpoint, else the untrained packaged model."""
-    path = Path(path) if path is not None else default_model_path()
-    if path is not None:
-        return ASRModel.from_pretrained(path).eval()
-    print("no trained checkpoint found: using the packaged encoder and LLM with an untrained projector")
-    return ASRModel.from_sources(ASRConfig()).eval()
 
 
 def main(argv: list[str] | None = None) -> int:
