@@ -5,3 +5,6 @@ from asr.modeling import ASRModel
 
 __all__ = ["ASRConfig", "ASRModel", "PACKAGED_SMOLLM2", "PACKAGED_WHISPER"]
 __version__ = "0.1.0"
+
+# Registers the transformers pipeline for "automatic-speech-recognition" and "asr-llm" (see asr.pipeline).
+import asr.pipeline  # noqa: E402, F401
