@@ -285,7 +285,9 @@ class LengthGroupedSampler(torch.utils.data.Sampler[int]):
         self.lengths, self.batch_size, self.seed, self.group = lengths, batch_size, seed, group
         self.epoch = 0
 
-    def set_epoch(self, epoch: int) -> None:
+    def start_epoch(self, epoch: int) -> None:
+        """Named so that accelerate's own ``set_epoch`` calls (which count passes over one
+        DataLoader object, wrong after a resume) never reach it."""
         self.epoch = epoch
 
     def __len__(self) -> int:

@@ -245,13 +245,18 @@ def _mixed_precision(setting: str) -> str:
     return "bf16"  # CPU autocast: ~1.6x faster fwd+bwd for the frozen LLM here
 
 
-def train(model_config: dict[str, Any], data: DataConfig, cfg: TrainingConfig) -> dict[str, Any]:
-    """Run (or resume) one training stage; returns the summary also written to ``summary.json``."""
+def train(
+    model_config: dict[str, Any], data: DataConfig, cfg: TrainingConfig
+) -> tuple[dict[str, Any], ASRModel]:
+    """Run (or resume) one training stage. Returns the summary (also written to ``summary.json``
+    on the main process; empty on the others) and this process's trained model."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     output_dir = Path(cfg.output_dir)
     accelerator = Accelerator(
-        gradient_accumulation_steps=cfg.grad_accum, mixed_precision=_mixed_precision(cfg.mixed_precision)
+        gradient_accumulation_steps=cfg.grad_accum,
+        mixed_precision=_mixed_precision(cfg.mixed_precision),
+        cpu=not torch.cuda.is_available(),  # without it, torchrun on CPU runs N independent jobs
     )
     main = accelerator.is_main_process
     random.seed(cfg.seed)
@@ -325,7 +330,7 @@ def train(model_config: dict[str, Any], data: DataConfig, cfg: TrainingConfig) -
     progress = tqdm(total=cfg.max_steps, initial=step, desc="training", disable=not main)
     t_train, samples_seen, window_loss = time.time(), 0, []
     while step < cfg.max_steps:
-        sampler.set_epoch(epoch)
+        sampler.start_epoch(epoch)
         batches = accelerator.skip_first_batches(loader, batch_in_epoch) if batch_in_epoch else loader
         for batch in batches:
             with accelerator.accumulate(model):
@@ -395,6 +400,7 @@ def train(model_config: dict[str, Any], data: DataConfig, cfg: TrainingConfig) -
         summary = {
             "checkpoint": str(final.resolve()),
             "steps": step,
+            "num_processes": accelerator.num_processes,
             "train_examples": len(train_examples),
             "eval_examples": len(eval_examples),
             "eval_wer_before": before["wer"] if before else None,
@@ -426,7 +432,7 @@ def train(model_config: dict[str, Any], data: DataConfig, cfg: TrainingConfig) -
             run.finish()
     accelerator.wait_for_everyone()
     accelerator.end_training()
-    return summary
+    return summary, unwrapped
 
 
 def _log(path: Path, row: dict[str, Any], run: Any) -> None:

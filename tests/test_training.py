@@ -1,0 +1,239 @@
+"""Training: collation, masking, cache invalidation, bad-data counting, resume, DDP (tiny models)."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from conftest import tiny_config, tiny_model
+
+from asr.cache import EncoderCache, encoder_key
+from asr.config import ASRConfig
+from asr.data import BadRows, Collator, Example, LengthGroupedSampler, prepare_examples, read_manifest
+from asr.prompt import IGNORE_INDEX
+from asr.training import DataConfig, TrainingConfig, checkpoints, train
+
+WORDS = ["red", "green", "blue", "cat", "dog", "one", "two", "three"]
+
+
+def tiny_model_config(**overrides) -> dict:
+    cfg = tiny_config(**overrides)
+    keys = set(inspect.signature(ASRConfig.__init__).parameters) - {"self", "kwargs"}
+    return {k: getattr(cfg, k) for k in keys}
+
+
+def tone(seconds: float, freq: float, rate: int = 16000) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    return (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def write_corpus(folder: Path, n: int = 12, bad: bool = False) -> Path:
+    """Tone clips with word transcripts; with ``bad``, one row of each kind of broken data."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        sf.write(folder / f"c{i}.wav", tone(0.4 + 0.15 * i, 200 + 40 * i), 16000)
+        rows.append({"audio": f"c{i}.wav", "text": " ".join(rng.choice(WORDS, 1 + i % 3))})
+    if bad:
+        (folder / "corrupt.wav").write_bytes(b"RIFF not really a wav file")
+        nan = tone(1.0, 300)
+        nan[100] = np.nan
+        sf.write(folder / "nan.wav", nan, 16000, subtype="FLOAT")
+        sf.write(folder / "long.wav", tone(31.0, 300), 16000)
+        sf.write(folder / "silent.wav", np.zeros(16000, np.float32), 16000)
+        rows += [
+            {"audio": "corrupt.wav", "text": "red"},
+            {"audio": "nan.wav", "text": "red"},
+            {"audio": "long.wav", "text": "red"},
+            {"audio": "silent.wav", "text": "red"},
+            {"audio": "missing.wav", "text": "red"},
+            {"audio": "c0.wav", "text": ""},
+            {"audio": "c1.wav"},
+        ]
+    manifest = folder / "train.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return manifest
+
+
+def test_bad_rows_are_skipped_and_counted_by_name(tmp_path):
+    manifest = write_corpus(tmp_path / "data", n=3, bad=True)
+    bad = BadRows()
+    rows = read_manifest(manifest, bad)
+    assert len(rows) == 8 and len(bad) == 2  # empty and missing transcripts caught at read time
+    examples = prepare_examples(rows, tiny_model(), bad, progress=False)
+    assert [e.id for e in examples] == ["c0", "c1", "c2"]
+    reasons = dict(bad.rows)
+    assert len(bad) == 7
+    assert "cannot decode" in reasons[str(tmp_path / "data" / "corrupt.wav")]
+    assert "NaN" in reasons[str(tmp_path / "data" / "nan.wav")]
+    assert "over the 30 s limit" in reasons[str(tmp_path / "data" / "long.wav")]
+    assert "silent" in reasons[str(tmp_path / "data" / "silent.wav")]
+    assert "not found" in reasons[str(tmp_path / "data" / "missing.wav")]
+    summary = bad.summary()
+    assert summary.startswith("bad data: 7 rows skipped") and "corrupt.wav" in summary
+
+
+def test_collator_mixed_lengths_and_label_mask():
+    model = tiny_model()
+    k = model.config.projector_stack
+    examples = [
+        Example("a", "red cat", frames=torch.randn(23, model.config.encoder_width)),
+        Example("b", "one two three", frames=torch.randn(7, model.config.encoder_width)),
+    ]
+    batch = Collator(model.prompts, model.projector.output_length)(examples)
+    assert batch["encoder_frames"].shape == (2, 23, model.config.encoder_width)
+    assert batch["encoder_lengths"].tolist() == [23, 7]
+    assert torch.all(batch["encoder_frames"][1, 7:] == 0)
+    assert batch["audio_mask"].sum(1).tolist() == [-(-23 // k), -(-7 // k)]
+    tok = model.tokenizer
+    for i, text in enumerate(["red cat", "one two three"]):
+        labels = batch["labels"][i]
+        kept = labels[labels != IGNORE_INDEX]
+        assert tok.decode(kept) == text + tok.eos_token
+        # everything after the transcript is padding with attention 0
+        n = int(batch["attention_mask"][i].sum())
+        assert torch.all(labels[n:] == IGNORE_INDEX) and torch.all(batch["attention_mask"][i, n:] == 0)
+    out = model(**batch)
+    assert torch.isfinite(out.loss)
+
+
+def test_length_grouped_sampler_is_a_deterministic_permutation():
+    lengths = list(range(100))
+    a = list(LengthGroupedSampler(lengths, 4, seed=1))
+    assert sorted(a) == lengths and a == list(LengthGroupedSampler(lengths, 4, seed=1))
+    s = LengthGroupedSampler(lengths, 4, seed=1)
+    s.start_epoch(1)
+    assert list(s) != a
+
+
+def test_encoder_cache_hits_and_invalidation(tmp_path):
+    model = tiny_model()
+    audio = tone(1.0, 440)
+    cache = EncoderCache(tmp_path, model)
+    assert cache.get(audio) is None
+    frames = torch.randn(50, model.config.encoder_width)
+    cache.put(audio, frames)
+    assert torch.allclose(cache.get(audio).float(), frames, atol=1e-2)
+    assert cache.get(tone(1.0, 441)) is None  # other audio: miss
+    other = tiny_model(seed=1)  # other encoder weights: other key, miss
+    assert encoder_key(other) != encoder_key(model)
+    assert EncoderCache(tmp_path, other).get(audio) is None
+    model.config.encoder_mode = "padded"  # other way of running the encoder: miss
+    assert encoder_key(model) != encoder_key(tiny_model())
+    # prepare_examples reuses cached frames instead of running the encoder again
+    bad = BadRows()
+    rows = read_manifest(write_corpus(tmp_path / "d", n=4), bad)
+    model = tiny_model()
+    cache = EncoderCache(tmp_path / "c", model)
+    first = prepare_examples(rows, model, bad, cache, progress=False)
+    assert cache.misses == 4 and cache.hits == 0
+    second = prepare_examples(rows, model, bad, cache, progress=False)
+    assert cache.hits == 4
+    for a, b in zip(first, second, strict=True):
+        assert torch.equal(a.frames, b.frames)
+
+
+def _run(manifest: Path, out: Path, **overrides) -> dict:
+    data = DataConfig(
+        train=[{"type": "manifest", "path": str(manifest)}],
+        eval=[{"type": "manifest", "path": str(manifest), "limit": 3}],
+    )
+    args = dict(
+        output_dir=str(out),
+        max_steps=6,
+        batch_size=3,
+        warmup_steps=2,
+        save_every=3,
+        eval_every=100,
+        eval_samples=3,
+        log_every=1,
+        cache_encoder=False,
+        wandb={"mode": "disabled"},
+        learning_rate=1e-2,
+    )
+    summary, model = train(tiny_model_config(), data, TrainingConfig(**{**args, **overrides}))
+    return {"summary": summary, "state": model.trainable_state_dict()}
+
+
+def test_training_writes_checkpoints_logs_and_resumes_identically(tmp_path):
+    manifest = write_corpus(tmp_path / "data", n=10)
+    straight = _run(manifest, tmp_path / "a")
+    assert straight["summary"]["steps"] == 6
+    assert [p.name for p in checkpoints(tmp_path / "a")] == ["step-3", "step-6"]
+    log = (tmp_path / "a" / "log.csv").read_text().splitlines()
+    assert log[0].startswith("step,epoch,loss,lr") and len(log) >= 7
+    assert (tmp_path / "a" / "final" / "model.safetensors").is_file()
+    assert not list((tmp_path / "a" / "checkpoints").glob(".tmp-*"))
+
+    # an interrupted run: keep only the step-3 checkpoint, as if the process died after it
+    _run(manifest, tmp_path / "b")
+    for leftover in [tmp_path / "b" / "checkpoints" / "step-6", tmp_path / "b" / "final"]:
+        import shutil
+
+        shutil.rmtree(leftover)
+    resumed = _run(manifest, tmp_path / "b")
+    for name, value in straight["state"].items():
+        assert torch.allclose(value, resumed["state"][name], atol=1e-6), name
+    # and it did learn something: weights moved from the initial projector
+    init = tiny_model().trainable_state_dict()
+    assert any(not torch.allclose(init[n], v) for n, v in straight["state"].items())
+
+
+def test_invalid_training_values_name_the_key():
+    with pytest.raises(ValueError, match="training.batch_size"):
+        TrainingConfig(batch_size=0)
+    with pytest.raises(ValueError, match="training.wandb.mode"):
+        TrainingConfig(wandb={"mode": "sometimes"})
+    with pytest.raises(ValueError, match="encoder_mode"):
+        ASRConfig(encoder_mode="streaming")
+    with pytest.raises(ValueError, match="data.max_seconds"):
+        DataConfig(train=[{"type": "manifest", "path": "x"}], eval=[], max_seconds=45)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_process_ddp_ends_with_identical_projectors(tmp_path):
+    manifest = write_corpus(tmp_path / "data", n=8)
+    out = tmp_path / "ddp"
+    worker = Path(__file__).with_name("_ddp_worker.py")
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(_free_port()),
+        str(worker),
+        str(manifest),
+        str(out),
+    ]
+    result = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    r0, r1 = torch.load(out / "rank0.pt"), torch.load(out / "rank1.pt")
+    assert r0["summary"]["num_processes"] == 2  # each rank saw half the batches
+    init = tiny_model().trainable_state_dict()
+    for name, value in r0["state"].items():
+        assert torch.equal(value, r1["state"][name]), name
+    assert any(not torch.allclose(init[n], v) for n, v in r0["state"].items())
