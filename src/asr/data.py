@@ -175,15 +175,13 @@ def read_source(spec: dict[str, Any], bad: BadRows) -> list[dict[str, Any]]:
         }
         return read_hub(spec["name"], bad, limit=limit, **args)
     if kind == "synthetic":
-        from asr.sources import cache_dir
-        from asr.synth import build_corpus
+        from asr.synth import default_corpus
 
-        seed = int(spec.get("seed", 0))
-        out = Path(
-            spec.get("path") or cache_dir() / "synthetic" / f"{spec.get('split', 'train')}-{spec['n']}-{seed}"
-        )
-        manifest = build_corpus(out, int(spec["n"]), seed=seed, split=spec.get("split", "train"))
-        return read_manifest(manifest, bad, limit)
+        train, dev = default_corpus(int(spec["n_train"]), int(spec["n_dev"]), seed=int(spec.get("seed", 0)))
+        split = spec.get("split", "train")
+        if split not in ("train", "dev"):
+            raise ValueError(f"synthetic data split={split!r}: expected train or dev")
+        return read_manifest(train if split == "train" else dev, bad, limit)
     raise ValueError(f"data source type={kind!r}: expected manifest, audiofolder, hub or synthetic")
 
 

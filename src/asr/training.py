@@ -37,6 +37,7 @@ from asr.data import (
     prepare_examples,
     read_sources,
 )
+from asr.evaluate import corpus_cer, corpus_wer
 from asr.modeling import ASRModel
 from asr.sources import cache_dir
 
@@ -112,14 +113,8 @@ class DataConfig:
 
 
 def score(references: list[str], hypotheses: list[str]) -> dict[str, float]:
-    """Corpus WER/CER after the project's normaliser."""
-    import jiwer
-
-    from asr.data import normalize_target
-
-    refs = [normalize_target(r, "plain") or "<empty>" for r in references]
-    hyps = [normalize_target(h, "plain") for h in hypotheses]
-    return {"wer": jiwer.wer(refs, hyps), "cer": jiwer.cer(refs, hyps)}
+    """Corpus WER/CER after the project's Whisper-style normaliser (the same as ``asr evaluate``)."""
+    return {"wer": corpus_wer(references, hypotheses), "cer": corpus_cer(references, hypotheses)}
 
 
 def evaluate_examples(
