@@ -54,14 +54,19 @@ class Backend(Protocol):
 class ModelBackend:
     """Our encoder-projector-LLM model (greedy, or beam search with ``num_beams > 1``)."""
 
-    def __init__(self, model: ASRModel, num_beams: int = 1, name: str = "asr-llm") -> None:
+    def __init__(
+        self, model: ASRModel, num_beams: int = 1, max_new_tokens: int | None = None, name: str = "asr-llm"
+    ) -> None:
         self.model = model.eval()
         self.num_beams = num_beams
+        self.max_new_tokens = max_new_tokens  # None: the model's cap from the clip's duration
         self.name = name
 
     @torch.inference_mode()
     def decode(self, clips: list[np.ndarray], contexts: list[str | None]) -> list[str]:
-        return self.model.transcribe(clips, context=contexts, num_beams=self.num_beams)
+        return self.model.transcribe(
+            clips, context=contexts, num_beams=self.num_beams, max_new_tokens=self.max_new_tokens
+        )
 
 
 class FasterWhisperBackend:
@@ -117,14 +122,15 @@ def load_backend(
     num_beams: int = 1,
     compute_type: str = "int8",
     threads: int | None = None,
+    max_new_tokens: int | None = None,
 ) -> Backend:
     """``faster-whisper``, a checkpoint directory, a loaded :class:`ASRModel`, or a ready backend."""
     if isinstance(model, ASRModel):
-        return ModelBackend(model, num_beams)
+        return ModelBackend(model, num_beams, max_new_tokens)
     if isinstance(model, str | Path):
         if str(model) == FASTER_WHISPER:
             return FasterWhisperBackend(compute_type, num_beams, threads)
-        return ModelBackend(load_model(model), num_beams, name=Path(model).name or str(model))
+        return ModelBackend(load_model(model), num_beams, max_new_tokens, name=Path(model).name or str(model))
     return model
 
 
@@ -262,9 +268,10 @@ class Transcriber:
         overlap_seconds: float = OVERLAP_SECONDS,
         compute_type: str = "int8",
         threads: int | None = None,
+        max_new_tokens: int | None = None,
         progress: bool = False,
     ) -> None:
-        self.backend = load_backend(model, num_beams, compute_type, threads)
+        self.backend = load_backend(model, num_beams, compute_type, threads, max_new_tokens)
         self.batch_size = batch_size
         self.window_seconds = window_seconds
         self.overlap_seconds = overlap_seconds

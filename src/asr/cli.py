@@ -1,0 +1,180 @@
+"""The ``asr`` command: transcribe, evaluate, bench, trace.
+
+    asr transcribe talk.wav more.opus --model checkpoints/offline --format json,srt --output-dir out/
+    asr evaluate --model checkpoints/offline --manifest ../shared/data/speechocean762.dev.jsonl --limit 100 \\
+        --compare faster-whisper --report reports/dev.jsonl
+    asr evaluate --model faster-whisper --manifest ...          # the baseline alone
+    asr bench --clips 16 --threads 2
+    asr trace clip.wav --out trace_output/
+
+``--model`` takes a checkpoint directory saved by ``ASRModel.save_pretrained`` or the literal
+``faster-whisper`` (Whisper tiny.en through CTranslate2, the packaged offline baseline).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from asr.transcribe import DEFAULT_MODEL, FASTER_WHISPER, FORMATS
+
+
+def _set_threads(threads: int | None) -> int:
+    import torch
+
+    threads = threads or os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    return threads
+
+
+def _model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model",
+        default=str(DEFAULT_MODEL),
+        help=f"checkpoint directory, or '{FASTER_WHISPER}' (default: %(default)s; the untrained model if absent)",
+    )
+    parser.add_argument("--batch-size", type=int, default=8, help="clips per forward pass (default: 8)")
+    parser.add_argument("--beam", type=int, default=1, help="beam width; 1 is greedy (default: 1)")
+    parser.add_argument(
+        "--compute-type",
+        default="int8",
+        choices=["int8", "float32", "int8_float32"],
+        help="faster-whisper's CTranslate2 compute type (default: int8)",
+    )
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=None, help="decoding cap (default: from each batch's duration)"
+    )
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    parser.add_argument("--progress", action="store_true", help="show a progress bar")
+
+
+def cmd_transcribe(args: argparse.Namespace) -> int:
+    from asr.transcribe import Transcriber, write_outputs
+
+    threads = _set_threads(args.threads)
+    transcriber = Transcriber(
+        args.model,
+        batch_size=args.batch_size,
+        num_beams=args.beam,
+        compute_type=args.compute_type,
+        threads=threads,
+        max_new_tokens=args.max_new_tokens,
+        progress=args.progress,
+    )
+    transcripts = transcriber(args.files, context=args.context)
+    for t in transcripts:
+        if t.error is not None:
+            print(f"error: {t.error}", file=sys.stderr)
+        elif len(transcripts) == 1:
+            print(t.text)
+        else:
+            print(f"{t.source}\t{t.text}")
+    if args.format:
+        formats = [f for group in args.format for f in group.split(",")]
+        written = write_outputs(transcripts, args.output_dir or ".", formats)
+        print(f"wrote {len(written)} file(s) to {args.output_dir or '.'}", file=sys.stderr)
+    return 1 if any(t.error is not None for t in transcripts) else 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from asr.evaluate import evaluate, format_table, read_manifest
+    from asr.transcribe import Transcriber
+
+    threads = _set_threads(args.threads)
+    rows = read_manifest(args.manifest, limit=args.limit)
+    systems = [args.model] + ([args.compare] if args.compare else [])
+    results = []
+    for n, system in enumerate(systems):
+        transcriber = Transcriber(
+            system,
+            batch_size=args.batch_size,
+            num_beams=args.beam,
+            compute_type=args.compute_type,
+            threads=threads,
+        )
+        report = None
+        if args.report:
+            report = Path(args.report)
+            if n > 0:
+                report = report.with_name(f"{report.stem}.{system.replace('/', '_')}{report.suffix}")
+        results.append(evaluate(transcriber, rows, report=report))
+        if report:
+            print(f"per-utterance report: {report}", file=sys.stderr)
+    print(f"\n{args.manifest} ({len(rows)} utterances)\n")
+    print(format_table(results))
+    if args.json:
+        Path(args.json).write_text(json.dumps([r.to_dict() for r in results], indent=2) + "\n")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from asr import bench
+
+    return bench.main_from_args(args)
+
+
+def cmd_trace(argv: list[str]) -> int:
+    from asr import trace
+
+    return trace.main(argv)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="asr", description="Encoder-projector-LLM speech recognition.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("transcribe", help="transcribe audio files (any length)")
+    p.add_argument("files", nargs="+", help="audio files (wav, flac, ogg/opus, mp3 ...)")
+    _model_arguments(p)
+    p.add_argument("--context", default=None, help="text that biases the transcript (names, topic)")
+    p.add_argument(
+        "--format",
+        action="append",
+        metavar="FMT",
+        help=f"also write files: {', '.join(FORMATS)} (repeat or comma-separate); SRT has one cue per 28 s window",
+    )
+    p.add_argument("--output-dir", default=None, help="folder for --format files (default: current folder)")
+    p.set_defaults(func=cmd_transcribe)
+
+    p = sub.add_parser("evaluate", help="WER/CER on a JSONL manifest")
+    _model_arguments(p)
+    p.add_argument(
+        "--manifest", required=True, help="JSONL with 'audio' (relative to the manifest) and 'text'"
+    )
+    p.add_argument("--limit", type=int, default=None, help="first N utterances only")
+    p.add_argument(
+        "--compare", default=None, help=f"a second system on the same audio, e.g. '{FASTER_WHISPER}'"
+    )
+    p.add_argument("--report", default=None, help="per-utterance JSONL report path")
+    p.add_argument("--json", default=None, help="write the summary rows as JSON here")
+    p.set_defaults(func=cmd_evaluate)
+
+    from asr.bench import add_arguments
+
+    p = sub.add_parser("bench", help="speed and memory against faster-whisper (each run in its own process)")
+    add_arguments(p)
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser(
+        "trace", help="figures of one clip's path through the model (see asr.trace)", add_help=False
+    )
+    p.add_argument(
+        "trace_args", nargs=argparse.REMAINDER, help="arguments of asr.trace (AUDIO --out DIR ...)"
+    )
+    p.set_defaults(func=lambda args: cmd_trace(args.trace_args))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["trace"]:  # everything after it, --help included, belongs to asr.trace
+        return cmd_trace(argv[1:])
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
