@@ -237,3 +237,23 @@ def test_two_process_ddp_ends_with_identical_projectors(tmp_path):
     for name, value in r0["state"].items():
         assert torch.equal(value, r1["state"][name]), name
     assert any(not torch.allclose(init[n], v) for n, v in r0["state"].items())
+
+
+def test_context_reaches_the_prompt_and_is_masked_from_labels(tmp_path):
+    model = tiny_model()
+    bad = BadRows()
+    rows = read_manifest(write_corpus(tmp_path / "d", n=6), bad)
+    examples = prepare_examples(rows, model, bad, context_prob=1.0, seed=3, progress=False)
+    assert all(ex.context for ex in examples)
+    # hot words: at least one word of its own transcript is in each context
+    assert all(set(ex.context.replace(",", " ").split()) & set(ex.text.split()) for ex in examples)
+    batch = Collator(model.prompts, model.projector.output_length)(examples[:2])
+    tok = model.tokenizer
+    for i, ex in enumerate(examples[:2]):
+        n = int(batch["attention_mask"][i].sum())
+        text = tok.decode(batch["input_ids"][i, :n])
+        assert f"Context: {ex.context}" in text
+        labels = batch["labels"][i]
+        assert tok.decode(labels[labels != IGNORE_INDEX]) == ex.text + tok.eos_token
+    no_context = prepare_examples(rows, model, bad, context_prob=0.0, progress=False)
+    assert not any(ex.context for ex in no_context)

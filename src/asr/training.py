@@ -312,6 +312,7 @@ def train(
     output_dir.mkdir(parents=True, exist_ok=True)
     run = _init_wandb(cfg, model_config, data) if main else None
 
+    log_path = output_dir / "log.csv"
     before = None
     if main and eval_examples and step == 0:
         before = evaluate_examples(unwrapped, eval_examples, cfg.eval_batch_size)
@@ -319,8 +320,8 @@ def train(
             f"eval before training: WER {before['wer']:.1%} CER {before['cer']:.1%} on {len(eval_examples)} clips"
         )
         history.append({"step": 0, "eval_wer": before["wer"], "eval_cer": before["cer"]})
+        _log(log_path, history[-1], run)
 
-    log_path = output_dir / "log.csv"
     model.train()
     progress = tqdm(total=cfg.max_steps, initial=step, desc="training", disable=not main)
     t_train, samples_seen, window_loss = time.time(), 0, []
