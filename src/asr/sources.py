@@ -94,6 +94,8 @@ def read_ctranslate2(path: str | Path) -> dict[str, np.ndarray]:
     def take_str() -> str:
         nonlocal pos
         n = take("H")
+        if n == 0 or pos + n > len(data):
+            raise SourceError(f"{path}: truncated or corrupt CTranslate2 file (string at byte {pos})")
         text = data[pos : pos + n - 1].decode("utf-8")
         pos += n
         return text
@@ -112,14 +114,18 @@ def read_ctranslate2(path: str | Path) -> dict[str, np.ndarray]:
             nbytes = take("I")
             if dtype is None:
                 raise SourceError(f"{path}: variable {name} has an unknown dtype")
+            if pos + nbytes > len(data):
+                raise SourceError(f"{path}: truncated CTranslate2 file (variable {name} runs past the end)")
             array = np.frombuffer(data, dtype=dtype, count=nbytes // np.dtype(dtype).itemsize, offset=pos)
             variables[name] = array.reshape(shape)
             pos += nbytes
         for _ in range(take("I")):
             alias, target = take_str(), take_str()
             variables[alias] = variables[target]
-    except struct.error as err:
+    except (struct.error, ValueError, KeyError) as err:  # short header, bad shape, unknown alias target
         raise SourceError(f"{path}: truncated or corrupt CTranslate2 file ({err})") from err
+    if pos != len(data):
+        raise SourceError(f"{path}: corrupt CTranslate2 file ({len(data) - pos} unexpected trailing bytes)")
     return variables
 
 
