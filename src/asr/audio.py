@@ -37,12 +37,16 @@ def _decode(path: Path) -> tuple[np.ndarray, int]:
             data, rate = librosa.load(str(path), sr=None, mono=False)
             return np.atleast_2d(data).astype(np.float32), int(rate)
         except Exception as err:  # noqa: BLE001 - report both decoders' reasons
-            raise AudioError(f"{path}: cannot decode audio ({sf_err}; {err})") from err
+            raise AudioError(f"{path}: cannot decode audio ({sf_err}; fallback: {err!r})") from err
 
 
 def to_mono_16k(samples: np.ndarray, rate: int, name: str = "<array>") -> np.ndarray:
-    """Mix channels down and resample to 16 kHz; ``samples`` is (n,) or (channels, n)."""
-    samples = np.asarray(samples, dtype=np.float32)
+    """Mix channels down and resample to 16 kHz; ``samples`` is (n,) or (channels, n), float in
+    [-1, 1] or signed integer PCM (scaled to [-1, 1), as soundfile does)."""
+    samples = np.asarray(samples)
+    if np.issubdtype(samples.dtype, np.signedinteger):
+        samples = samples / float(-np.iinfo(samples.dtype).min)
+    samples = samples.astype(np.float32, copy=False)
     if samples.ndim == 2:
         # accept (n, channels) as well as (channels, n): channels is the short axis
         if samples.shape[0] > samples.shape[1]:
@@ -69,7 +73,7 @@ def validate(samples: np.ndarray, name: str = "<array>", max_seconds: float | No
     if seconds < MIN_SECONDS:
         raise AudioError(f"{name}: clip is {seconds:.3f} s long, shorter than {MIN_SECONDS} s")
     if max_seconds is not None and seconds > max_seconds:
-        raise AudioError(f"{name}: clip is {seconds:.1f} s long, over the {max_seconds:.0f} s limit")
+        raise AudioError(f"{name}: clip is {seconds:.1f} s long, over the {max_seconds:g} s limit")
     return samples
 
 
