@@ -62,13 +62,16 @@ class AudioEncoder(nn.Module):
     def variable(self, input_features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Only the frames that hold audio, batched with a key-padding mask."""
         w = self.whisper
-        t_mel = int(lengths.max()) * 2
+        t = int(lengths.max())
+        # output frame i reads mel frames up to 2i + 2 (kernel 3, padding 1, conv2 stride 2), so
+        # the last one needs mel frame 2t: the real frame, as in the 30 s path, not the conv's
+        # zero padding (which made a clip's output depend on the batch it was in)
+        t_mel = min(2 * t + 1, self.window)
         x = input_features[..., :t_mel]
         if x.shape[-1] < t_mel:
             x = self._pad_features(x, t_mel - x.shape[-1])
         x = nn.functional.gelu(w.conv1(x))
-        x = nn.functional.gelu(w.conv2(x)).permute(0, 2, 1)
-        t = x.shape[1]
+        x = nn.functional.gelu(w.conv2(x)).permute(0, 2, 1)[:, :t]
         x = x + w.embed_positions.weight[:t].to(x.dtype)
         mask = None
         if bool((lengths < t).any()):
