@@ -4,10 +4,13 @@ Every configuration runs in its own Python process so its peak resident memory (
 own, not the high-water mark of everything measured before it. A worker loads the backend, decodes
 the clips to arrays (not timed), transcribes one clip to warm up, then times one pass over all
 clips. Reported per configuration: real-time factor (processing seconds / audio seconds), peak
-RSS, load time and the WER on those clips (a sanity check, not an evaluation).
+RSS, load time and the WER on those clips (a sanity check, not an evaluation). The faster-whisper
+worker is a standalone script that imports faster-whisper only (not torch, transformers or this
+package), with the same decoding options as :class:`asr.transcribe.FasterWhisperBackend`, so its
+memory and startup are the baseline's own.
 
-Separately: startup time (``asr transcribe`` in a fresh process, from spawn to the transcript on
-stdout) and, for our model, where the time goes: log-mel features, Whisper encoder, projector,
+Separately: startup time (a fresh process, from spawn to the transcript on stdout) and, for our
+model, where the time goes: log-mel features, Whisper encoder, projector,
 LLM prefill (the prompt with the audio embeddings) and token-by-token decoding, measured with
 forward hooks on the real modules during ordinary ``generate`` calls.
 """
@@ -15,6 +18,7 @@ forward hooks on the real modules during ordinary ``generate`` calls.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import platform
@@ -26,6 +30,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+from tqdm.auto import tqdm
+
+from asr.audio import load_audio
+from asr.evaluate import corpus_wer, read_manifest
+from asr.sources import packaged_whisper_dir
+from asr.transcribe import DEFAULT_MODEL, FASTER_WHISPER, FASTER_WHISPER_OPTIONS, Transcriber, load_model
+
+PARTS = ("runs", "startup", "profile")  # speed/memory per configuration, startup time, our model's profile
 SHARED_MANIFEST = Path(__file__).resolve().parents[3] / "shared" / "data" / "speechocean762.dev.jsonl"
 
 
@@ -44,18 +57,12 @@ def peak_rss_mb() -> float:
 
 
 def _load_clips(paths: list[str]):
-    from asr.audio import load_audio
-
     return [load_audio(p) for p in paths]
 
 
 def run_config(spec: dict[str, Any]) -> dict[str, Any]:
     """One configuration, in this process: load, warm up, time a pass, report."""
-    import torch
-
     torch.set_num_threads(spec["threads"])
-    from asr.evaluate import corpus_wer
-    from asr.transcribe import Transcriber
 
     start = time.perf_counter()
     transcriber = Transcriber(
@@ -75,16 +82,61 @@ def run_config(spec: dict[str, Any]) -> dict[str, Any]:
     return {
         "system": transcriber.name,
         "batch_size": spec["batch_size"],
-        "compute_type": spec.get("compute_type") if spec["model"] == "faster-whisper" else "float32",
-        "clips": len(clips),
+        "compute_type": "float32",
         "audio_seconds": round(audio_seconds, 2),
         "seconds": round(seconds, 3),
-        "rtf": seconds / audio_seconds,
         "load_seconds": round(load_seconds, 2),
         "peak_rss_mb": round(peak_rss_mb(), 1),
-        "wer": corpus_wer(spec["references"], [t.text for t in transcripts]),
-        "failed": sum(t.error is not None for t in transcripts),
+        "texts": [t.text for t in transcripts],
     }
+
+
+# Run as ``python -I -c`` (no asr, torch or transformers imported; -I keeps the cwd off sys.path).
+# argv[1]: a JSON spec; with "startup" it prints one transcript and exits.
+_FASTER_WHISPER_WORKER = """
+import json, resource, sys, time
+from pathlib import Path
+
+from faster_whisper import WhisperModel
+from faster_whisper.audio import decode_audio
+
+spec = json.loads(Path(sys.argv[1]).read_text())
+
+
+def transcribe(model, clip):
+    segments, _ = model.transcribe(clip, beam_size=spec["beams"], **spec["options"])
+    return " ".join(s.text.strip() for s in segments).strip()
+
+
+start = time.perf_counter()
+model = WhisperModel(
+    spec["model_dir"], device="cpu", compute_type=spec["compute_type"], cpu_threads=spec["threads"]
+)
+load_seconds = time.perf_counter() - start
+if spec.get("startup"):
+    print(transcribe(model, decode_audio(spec["clips"][0])), flush=True)
+    sys.exit(0)
+clips = [decode_audio(p) for p in spec["clips"]]
+transcribe(model, clips[0])
+start = time.perf_counter()
+texts = [transcribe(model, clip) for clip in clips]
+seconds = time.perf_counter() - start
+print(json.dumps({
+    "system": f"faster-whisper tiny.en {spec['compute_type']} beam{spec['beams']}",
+    "batch_size": 1,
+    "compute_type": spec["compute_type"],
+    "audio_seconds": round(sum(len(c) for c in clips) / 16000, 2),
+    "seconds": round(seconds, 3),
+    "load_seconds": round(load_seconds, 2),
+    "peak_rss_mb": round(peak_rss_mb(), 1),
+    "texts": texts,
+}))
+"""
+
+
+def faster_whisper_command(spec_file: str) -> list[str]:
+    code = inspect.getsource(peak_rss_mb) + _FASTER_WHISPER_WORKER
+    return [sys.executable, "-I", "-c", code, spec_file]
 
 
 class _Timer:
@@ -115,10 +167,7 @@ class _Timer:
 
 def run_profile(spec: dict[str, Any]) -> dict[str, Any]:
     """Where our model's time goes, per stage, over the clips in batches of ``batch_size``."""
-    import torch
-
     torch.set_num_threads(spec["threads"])
-    from asr.transcribe import load_model
 
     model = load_model(spec["model"])
     clips = _load_clips(spec["clips"])
@@ -157,42 +206,57 @@ def run_profile(spec: dict[str, Any]) -> dict[str, Any]:
 # --------------------------------------------------------------------------- parent side
 
 
-def _spawn(mode: str, spec: dict[str, Any], timeout: float) -> dict[str, Any]:
-    """Run one worker in a fresh interpreter; its last stdout line is the JSON result."""
+def _write_spec(spec: dict[str, Any]) -> str:
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(spec, f)
-    env = {**os.environ, "OMP_NUM_THREADS": str(spec["threads"]), "PYTHONWARNINGS": "ignore"}
+    return f.name
+
+
+def _worker_command(mode: str, spec_file: str, model: str) -> list[str]:
+    if model == FASTER_WHISPER and mode == "run":
+        return faster_whisper_command(spec_file)
+    return [sys.executable, "-m", "asr.bench", "--worker", mode, spec_file]
+
+
+def _env(threads: int) -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONWARNINGS": "ignore"}
+
+
+def _spawn(mode: str, spec: dict[str, Any], timeout: float) -> dict[str, Any]:
+    """Run one worker in a fresh interpreter; its last stdout line is the JSON result."""
+    spec_file = _write_spec(spec)
     try:
         proc = subprocess.run(
-            [sys.executable, "-m", "asr.bench", "--worker", mode, f.name],
+            _worker_command(mode, spec_file, spec["model"]),
             capture_output=True,
             text=True,
             timeout=timeout,
-            env=env,
+            env=_env(spec["threads"]),
         )
     finally:
-        os.unlink(f.name)
+        os.unlink(spec_file)
     if proc.returncode != 0:
         return {"error": (proc.stderr or proc.stdout).strip().splitlines()[-1:], "spec_model": spec["model"]}
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def startup_seconds(model: str, clip: str, threads: int, timeout: float) -> float:
-    """Seconds from spawning ``asr transcribe CLIP`` to its first line of stdout (the transcript)."""
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONWARNINGS": "ignore"}
-    command = [
-        sys.executable,
-        "-m",
-        "asr.cli",
-        "transcribe",
-        clip,
-        "--model",
-        model,
-        "--threads",
-        str(threads),
-    ]
+def _score(result: dict[str, Any], references: list[str]) -> dict[str, Any]:
+    if "error" in result:
+        return result
+    texts = result.pop("texts")
+    return {
+        **result,
+        "rtf": result["seconds"] / result["audio_seconds"],
+        "wer": corpus_wer(references, texts),
+    }
+
+
+def startup_seconds(command: list[str], threads: int, timeout: float) -> float:
+    """Seconds from spawning ``command`` to its first line of stdout (the transcript)."""
     start = time.perf_counter()
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    proc = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=_env(threads)
+    )
     try:
         line = proc.stdout.readline()
         elapsed = time.perf_counter() - start
@@ -200,9 +264,31 @@ def startup_seconds(model: str, clip: str, threads: int, timeout: float) -> floa
     finally:
         if proc.poll() is None:
             proc.kill()
-    if proc.returncode != 0 or not line:
-        raise RuntimeError(f"{' '.join(command)} failed (exit {proc.returncode})")
+    if proc.returncode != 0 or not line.strip():
+        raise RuntimeError(f"{command[:4]} failed (exit {proc.returncode})")
     return elapsed
+
+
+def _startup(model: str, base: dict[str, Any], timeout: float) -> dict[str, float]:
+    """Our model and faster-whisper through ``asr transcribe``, and faster-whisper on its own."""
+    clip, threads = base["clips"][0], base["threads"]
+
+    def cli(m: str) -> list[str]:
+        return [sys.executable, "-m", "asr.cli", "transcribe", clip, "--model", m, "--threads", str(threads)]
+
+    spec_file = _write_spec({**base, "model": FASTER_WHISPER, "compute_type": "int8", "startup": True})
+    try:
+        return {
+            "asr transcribe (our model)": round(startup_seconds(cli(model), threads, timeout), 2),
+            "asr transcribe --model faster-whisper": round(
+                startup_seconds(cli(FASTER_WHISPER), threads, timeout), 2
+            ),
+            "faster-whisper alone (int8)": round(
+                startup_seconds(faster_whisper_command(spec_file), threads, timeout), 2
+            ),
+        }
+    finally:
+        os.unlink(spec_file)
 
 
 def format_tables(report: dict[str, Any]) -> str:
@@ -249,26 +335,25 @@ def run(
     compute_types: tuple[str, ...] = ("int8", "float32"),
     beams: int = 1,
     threads: int = 2,
-    startup: bool = True,
-    profile: bool = True,
+    parts: tuple[str, ...] = PARTS,
     timeout: float = 900,
     out: str | Path | None = "bench.json",
 ) -> dict[str, Any]:
-    """Run the whole benchmark; returns (and optionally saves) the report."""
-    from tqdm.auto import tqdm
-
-    from asr.evaluate import read_manifest
-
+    """Run the benchmark ``parts`` (see :data:`PARTS`); returns (and optionally saves) the report."""
     rows = read_manifest(manifest, limit=clips)
+    references = [r["text"] for r in rows]
     base = {
         "clips": [r["audio"] for r in rows],
-        "references": [r["text"] for r in rows],
         "threads": threads,
         "beams": beams,
+        "options": FASTER_WHISPER_OPTIONS,
+        "model_dir": str(packaged_whisper_dir()),
     }
     specs = [{**base, "model": model, "batch_size": b} for b in batch_sizes]
-    specs += [{**base, "model": "faster-whisper", "batch_size": 1, "compute_type": c} for c in compute_types]
-    runs = [_spawn("run", s, timeout) for s in tqdm(specs, desc="benchmark configurations")]
+    specs += [{**base, "model": FASTER_WHISPER, "batch_size": 1, "compute_type": c} for c in compute_types]
+    runs = []
+    if "runs" in parts:
+        runs = [_score(_spawn("run", s, timeout), references) for s in tqdm(specs, desc="configurations")]
     report: dict[str, Any] = {
         "model": model,
         "manifest": str(manifest),
@@ -278,12 +363,9 @@ def run(
         "machine": {"processor": platform.processor() or platform.machine(), "cpus": os.cpu_count()},
         "runs": runs,
     }
-    if startup:
-        report["startup"] = {
-            name: round(startup_seconds(m, rows[0]["audio"], threads, timeout), 2)
-            for name, m in (("asr-llm", model), ("faster-whisper int8", "faster-whisper"))
-        }
-    if profile:
+    if "startup" in parts:
+        report["startup"] = _startup(model, base, timeout)
+    if "profile" in parts:
         report["profile"] = [
             _spawn("profile", {**base, "model": model, "batch_size": b}, timeout) for b in batch_sizes
         ]
@@ -293,8 +375,6 @@ def run(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from asr.transcribe import DEFAULT_MODEL
-
     parser.add_argument(
         "--model", default=str(DEFAULT_MODEL), help="our checkpoint dir (default: %(default)s)"
     )
@@ -306,8 +386,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compute-types", nargs="+", default=["int8", "float32"], help="faster-whisper's")
     parser.add_argument("--beam", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2, help="CPU threads per configuration (default: 2)")
-    parser.add_argument("--no-startup", action="store_true", help="skip the startup-time measurement")
-    parser.add_argument("--no-profile", action="store_true", help="skip the per-stage profile")
+    parser.add_argument(
+        "--parts", nargs="+", choices=PARTS, default=list(PARTS), help="what to measure (default: all)"
+    )
     parser.add_argument("--out", default="bench.json", help="JSON report path (default: %(default)s)")
 
 
@@ -320,8 +401,7 @@ def main_from_args(args: argparse.Namespace) -> int:
         compute_types=tuple(args.compute_types),
         beams=args.beam,
         threads=args.threads,
-        startup=not args.no_startup,
-        profile=not args.no_profile,
+        parts=tuple(args.parts),
         out=args.out,
     )
     print(format_tables(report))
