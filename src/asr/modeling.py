@@ -24,6 +24,8 @@ from transformers import (
     AutoConfig,
     AutoModel,
     AutoModelForCausalLM,
+    LogitsProcessor,
+    LogitsProcessorList,
     PreTrainedModel,
     PreTrainedTokenizerBase,
     WhisperConfig,
@@ -46,6 +48,26 @@ def embedding_rms(decoder: PreTrainedModel) -> float:
     """Median RMS of the LLM's token embeddings: the scale audio vectors should enter at."""
     weight = decoder.get_input_embeddings().weight.detach().float()
     return float(weight.pow(2).mean(-1).sqrt().median())
+
+
+class GeneratedRepetitionPenalty(LogitsProcessor):
+    """CTRL's repetition penalty on the generated tokens (``input_ids`` when generating from
+    ``inputs_embeds``).
+
+    transformers' own processor skips each row's first ``left padding`` generated tokens in that
+    case (it takes the padding for a prompt inside ``input_ids``), so in a left-padded batch the
+    short clips went unpenalised and a transcript depended on the batch it was decoded in.
+    """
+
+    def __init__(self, penalty: float) -> None:
+        self.penalty = float(penalty)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if input_ids.shape[1] == 0:
+            return scores
+        picked = scores.gather(1, input_ids)
+        picked = torch.where(picked < 0, picked * self.penalty, picked / self.penalty)
+        return scores.scatter(1, input_ids, picked)
 
 
 class ASRModel(PreTrainedModel):
@@ -139,7 +161,9 @@ class ASRModel(PreTrainedModel):
         path = Path(path)
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"{path}: no config.json; not a checkpoint saved by ASRModel.save_pretrained")
-        config = ASRConfig.from_pretrained(path, **kwargs)
+        config = kwargs.pop("config", None)  # AutoModel.from_pretrained passes it, with any overrides
+        if not isinstance(config, ASRConfig):
+            config = ASRConfig.from_pretrained(path, **kwargs)
         model = cls.from_sources(config, dtype)
         weights = path / WEIGHTS_NAME
         if not weights.is_file():
@@ -186,8 +210,16 @@ class ASRModel(PreTrainedModel):
         if int(lengths.max()) > window:
             raise ValueError(f"a clip is longer than Whisper's {window * HOP_LENGTH / SAMPLE_RATE:.0f} s window; use asr.transcribe for long audio")
         padding = "max_length" if self.config.encoder_mode == "padded" else "longest"
+        # a clip's last frames must not depend on its batch: the extractor reflect-pads the
+        # longest clip's end but zero-pads the others; one window of zeros after every clip gives
+        # all of them the zero-padded frames of Whisper's own 30 s input
+        tail = np.zeros(self.feature_extractor.n_fft, dtype=np.float32)
         out = self.feature_extractor(
-            audios, sampling_rate=SAMPLE_RATE, padding=padding, return_tensors="pt", return_attention_mask=False
+            [np.concatenate([np.asarray(a, dtype=np.float32), tail]) for a in audios],
+            sampling_rate=SAMPLE_RATE,
+            padding=padding,
+            return_tensors="pt",
+            return_attention_mask=False,
         )
         features = out["input_features"][..., :window]
         return {"input_features": features.to(self.dtype), "mel_lengths": lengths.clamp(min=1)}
@@ -279,11 +311,16 @@ class ASRModel(PreTrainedModel):
         if max_new_tokens is None:
             mel = mel_lengths if mel_lengths is not None else encoder_lengths * 2
             max_new_tokens = self.max_new_tokens_for(mel)
+        penalty = generate_kwargs.pop("repetition_penalty", self.config.repetition_penalty)
+        processors = LogitsProcessorList(generate_kwargs.pop("logits_processor", None) or [])
+        if penalty is not None and penalty != 1.0:
+            processors.append(GeneratedRepetitionPenalty(penalty))
         options = {
             "max_new_tokens": max_new_tokens,
             "num_beams": num_beams,
             "do_sample": False,
-            "repetition_penalty": self.config.repetition_penalty,
+            "repetition_penalty": 1.0,  # applied by GeneratedRepetitionPenalty
+            "logits_processor": processors,
             "no_repeat_ngram_size": self.config.no_repeat_ngram_size,
             "eos_token_id": self.tokenizer.eos_token_id,
             "pad_token_id": self.prompts.pad_token_id,

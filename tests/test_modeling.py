@@ -1,0 +1,258 @@
+"""ASRModel: training forward, freezing, batch-invariant features and decoding, saving and loading
+(with and without LoRA), Auto registration; plus one round trip of the real offline model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import manifest_rows, tiny_model
+from safetensors.torch import load_file
+from transformers import AutoConfig, AutoModel
+
+from asr import ASRConfig, ASRModel
+from asr.audio import SAMPLE_RATE, load_audio
+from asr.prompt import IGNORE_INDEX
+
+# a random LLM's argmax is a newline or a special token, which decodes to ""; suppress those so
+# that decoding comparisons compare real text
+VISIBLE = {"suppress_tokens": [*range(17), 198], "max_new_tokens": 10}
+
+
+def clips(*seconds: float, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    t = [np.arange(int(s * SAMPLE_RATE)) / SAMPLE_RATE for s in seconds]
+    return [
+        (0.3 * np.sin(2 * np.pi * 300 * x) + 0.05 * rng.standard_normal(len(x))).astype(np.float32) for x in t
+    ]
+
+
+def training_batch(model: ASRModel, audios: list[np.ndarray], texts: list[str]) -> dict[str, torch.Tensor]:
+    features = model.features(audios)
+    _, lengths = model.encode(features["input_features"], features["mel_lengths"])
+    n_audio = model.projector.output_length(lengths)
+    prompts = [model.prompts.build(int(n), t) for n, t in zip(n_audio, texts, strict=True)]
+    return {**model.prompts.collate(prompts, "right"), **features}
+
+
+@pytest.fixture(scope="module")
+def batch_audio() -> list[np.ndarray]:
+    return clips(1.0, 0.5, 1.5, 0.27)
+
+
+def test_widths_are_read_from_config(tiny: ASRModel) -> None:
+    config = tiny.config
+    assert (config.encoder_width, config.decoder_width) == (64, 48)
+    assert tiny.projector.linear_1.in_features == config.encoder_config["d_model"] * config.projector_stack
+    assert tiny.projector.linear_2.out_features == config.decoder_config["hidden_size"]
+    assert tiny.encoder.width == 64 and tiny.decoder.get_input_embeddings().embedding_dim == 48
+
+
+def test_frozen_parts_stay_frozen_and_in_eval_mode(tiny: ASRModel) -> None:
+    tiny.train()
+    assert tiny.training and tiny.projector.training
+    assert not tiny.encoder.training and not tiny.decoder.training
+    assert not any(m.training for m in tiny.encoder.modules())
+    assert not any(m.training for m in tiny.decoder.modules())
+    trainable = {n for n, p in tiny.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith("projector.") for n in trainable)
+    assert trainable == {f"projector.{n}" for n, _ in tiny.projector.named_parameters()}
+
+
+def test_forward_loss_and_gradients_reach_only_the_projector(tiny: ASRModel, batch_audio) -> None:
+    batch = training_batch(tiny, batch_audio, ["one two three", "four", "five six seven eight", "nine"])
+    tiny.train()
+    out = tiny(**batch)
+    assert out.loss.ndim == 0 and torch.isfinite(out.loss)
+    assert out.logits.shape[:2] == batch["input_ids"].shape
+    # untrained: close to uniform over the vocabulary
+    assert abs(out.loss.item() - np.log(tiny.decoder.config.vocab_size)) < 2.0
+    out.loss.backward()
+    with_grad = {n for n, p in tiny.named_parameters() if p.grad is not None}
+    assert with_grad == {n for n, p in tiny.named_parameters() if n.startswith("projector.")}
+    assert all(p.grad.abs().sum() > 0 for n, p in tiny.named_parameters() if n.startswith("projector."))
+
+
+def test_loss_ignores_everything_but_the_target(tiny: ASRModel, batch_audio) -> None:
+    batch = training_batch(tiny, batch_audio[:2], ["one two three", "four"])
+    with torch.no_grad():
+        full = tiny(**batch)
+        logits = full.logits[:, :-1].float()
+        labels = batch["labels"][:, 1:]
+        expected = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX
+        )
+    assert full.loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_cached_encoder_frames_give_the_same_logits(tiny: ASRModel, batch_audio) -> None:
+    batch = training_batch(tiny, batch_audio, ["a", "b", "c", "d"])
+    with torch.no_grad():
+        frames, lengths = tiny.encode(batch["input_features"], batch["mel_lengths"])
+        live = tiny(**batch).logits
+        rest = {k: v for k, v in batch.items() if k not in ("input_features", "mel_lengths")}
+        cached = tiny(**rest, encoder_frames=frames, encoder_lengths=lengths).logits
+    torch.testing.assert_close(cached, live)
+
+
+def test_mismatched_audio_positions_raise(tiny: ASRModel, batch_audio) -> None:
+    features = tiny.features(batch_audio[:1])
+    _, lengths = tiny.encode(features["input_features"], features["mel_lengths"])
+    n = int(tiny.projector.output_length(lengths)[0])
+    wrong = tiny.prompts.collate([tiny.prompts.build(n + 1, "hello")])
+    with pytest.raises(ValueError, match=rf"prompt has {n + 1} audio positions, projector gave {n}"):
+        tiny(**wrong, **features)
+
+
+def test_features_do_not_depend_on_the_batch(tiny: ASRModel, batch_audio) -> None:
+    """Each clip's frames (up to the one the encoder stem reads past its end) are the same alone,
+    in any batch, and in Whisper's own 30 s input."""
+    batched = tiny.features(batch_audio)
+    assert batched["mel_lengths"].tolist() == [100, 50, 150, 27]
+    assert batched["input_features"].shape[-1] >= 152
+    for i, audio in enumerate(batch_audio):
+        m = int(batched["mel_lengths"][i]) + 1
+        alone = tiny.features([audio])["input_features"][0, :, :m]
+        torch.testing.assert_close(batched["input_features"][i, :, :m], alone, atol=1e-5, rtol=0)
+        window = tiny.feature_extractor(audio, sampling_rate=SAMPLE_RATE, return_tensors="pt")[
+            "input_features"
+        ]
+        torch.testing.assert_close(alone, window[0, :, :m], atol=1e-4, rtol=0)
+
+
+def test_audio_embeddings_do_not_depend_on_the_batch(tiny: ASRModel, batch_audio) -> None:
+    with torch.no_grad():
+        audio, lengths = tiny.audio_embeddings(**tiny.features(batch_audio))
+        for i, clip in enumerate(batch_audio):
+            alone, n = tiny.audio_embeddings(**tiny.features([clip]))
+            assert n.tolist() == [int(lengths[i])]
+            torch.testing.assert_close(audio[i, : int(n[0])], alone[0], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
+@pytest.mark.parametrize("repetition_penalty", [1.0, 1.1, 3.0])
+def test_batched_generation_equals_one_by_one(
+    tiny: ASRModel, batch_audio, num_beams: int, repetition_penalty: float
+) -> None:
+    options = {**VISIBLE, "num_beams": num_beams, "repetition_penalty": repetition_penalty}
+    batched = tiny.transcribe(batch_audio, **options)
+    alone = [tiny.transcribe([clip], **options)[0] for clip in batch_audio]
+    assert batched == alone
+    assert all(text.strip() for text in batched)
+
+
+def test_generation_with_context(tiny: ASRModel, batch_audio) -> None:
+    features = tiny.features(batch_audio[:2])
+    contexts = ["names: Kate", None]
+    batched = tiny.generate(**features, context=contexts, **VISIBLE)
+    alone = [
+        tiny.generate(**tiny.features([a]), context=c, **VISIBLE)[0]
+        for a, c in zip(batch_audio[:2], contexts, strict=True)
+    ]
+    assert batched == alone
+
+
+def test_decoding_cap_follows_audio_length(tiny: ASRModel) -> None:
+    assert tiny.max_new_tokens_for(torch.tensor([100, 300])) == 16 + 24  # 3 s at 8 tokens/s
+    text = tiny.transcribe(clips(0.5), suppress_tokens=[*range(17), 198])[
+        0
+    ]  # eos suppressed: runs to the cap
+    assert len(tiny.tokenizer(text, add_special_tokens=False)["input_ids"]) <= 16 + 4 + 2
+
+
+def test_clip_longer_than_30_seconds_is_rejected(tiny: ASRModel) -> None:
+    with pytest.raises(ValueError, match="longer than Whisper's 30 s window"):
+        tiny.features([np.zeros(30 * SAMPLE_RATE + 200, np.float32)])
+
+
+def reload(path: Path, seed: int = 0) -> ASRModel:
+    """Random frozen parts (tests) are rebuilt from the seed; real sources from their weights."""
+    torch.manual_seed(seed)
+    return ASRModel.from_pretrained(path).eval()
+
+
+def logits(model: ASRModel, audios: list[np.ndarray]) -> torch.Tensor:
+    with torch.no_grad():
+        return model(**training_batch(model, audios, ["hello world"] * len(audios))).logits
+
+
+@pytest.mark.parametrize("lora", [None, {"r": 4}])
+def test_save_and_reload(tmp_path: Path, batch_audio, lora: dict | None) -> None:
+    model = tiny_model(lora=lora)
+    with torch.no_grad():  # make the trainable part differ from any fresh init
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.01)
+    model.save_pretrained(tmp_path)
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
+    state = load_file(str(tmp_path / "model.safetensors"))
+    projector_keys = {k for k in state if k.startswith("projector.")}
+    lora_keys = {k for k in state if "lora_" in k}
+    assert projector_keys and projector_keys | lora_keys == set(state)
+    if lora:
+        assert lora_keys and all(k.startswith("decoder.") for k in lora_keys)
+        assert all(state[k].shape[0] == 4 for k in lora_keys if "lora_A" in k)
+        assert {n for n, p in model.named_parameters() if p.requires_grad} == set(state)
+    else:
+        assert not lora_keys
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["model_type"] == "asr_llm" and saved["lora"] == lora
+    assert saved["decoder_config"]["hidden_size"] == 48 and saved["encoder_config"]["d_model"] == 64
+
+    loaded = reload(tmp_path)
+    for k, v in loaded.trainable_state_dict().items():
+        assert torch.equal(v, state[k]), k
+    torch.testing.assert_close(logits(loaded, batch_audio), logits(model, batch_audio), atol=0, rtol=0)
+    assert loaded.transcribe(batch_audio, **VISIBLE) == model.transcribe(batch_audio, **VISIBLE)
+
+
+def test_auto_classes(tmp_path: Path, tiny: ASRModel, batch_audio) -> None:
+    assert isinstance(AutoConfig.for_model("asr_llm"), ASRConfig)
+    tiny.save_pretrained(tmp_path)
+    assert isinstance(AutoConfig.from_pretrained(tmp_path), ASRConfig)
+    torch.manual_seed(0)
+    auto = AutoModel.from_pretrained(tmp_path).eval()
+    assert type(auto) is ASRModel
+    torch.testing.assert_close(logits(auto, batch_audio), logits(tiny, batch_audio), atol=0, rtol=0)
+    # config overrides given to AutoModel reach the model
+    torch.manual_seed(0)
+    assert AutoModel.from_pretrained(tmp_path, repetition_penalty=1.0).config.repetition_penalty == 1.0
+
+
+def test_checkpoint_that_does_not_fit_is_rejected(tmp_path: Path, tiny: ASRModel) -> None:
+    tiny.save_pretrained(tmp_path)
+    state = load_file(str(tmp_path / "model.safetensors"))
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["projector_type"] = "stack_linear"
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="checkpoint does not fit the model"):
+        reload(tmp_path)
+    assert state
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        ASRModel.from_pretrained(tmp_path / "nothing")
+
+
+# --------------------------------------------------------------------------- the real offline model
+
+
+@pytest.mark.real
+@pytest.mark.shared
+def test_real_model_round_trip(tmp_path: Path, real_model: ASRModel, shared_data: Path) -> None:
+    rows = manifest_rows(shared_data / "speechocean762.dev.jsonl", 2)
+    audios = [load_audio(shared_data / r["audio"]) for r in rows]
+    config = real_model.config
+    assert (config.encoder_width, config.decoder_width) == (384, 576)
+    assert config.projector_output_rms == pytest.approx(0.13, abs=0.03)  # SmolLM2's embedding RMS
+    trainable = sum(p.numel() for p in real_model.parameters() if p.requires_grad)
+    assert trainable == sum(p.numel() for p in real_model.projector.parameters())
+
+    text = real_model.transcribe(audios, max_new_tokens=8)
+    assert len(text) == 2 and all(isinstance(t, str) for t in text)
+    real_model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").stat().st_size < 20e6  # the projector only
+    loaded = ASRModel.from_pretrained(tmp_path).eval()
+    assert loaded.transcribe(audios, max_new_tokens=8) == text
+    torch.testing.assert_close(logits(loaded, audios), logits(real_model, audios), atol=0, rtol=0)
