@@ -241,8 +241,8 @@ for name in systems:
 # %% [markdown]
 # ## Exercises (about 40 minutes)
 #
-# 1. Run `asr evaluate` (see `asr evaluate --help`) on 100 clips of `speechocean762.dev.jsonl` for both
-#    systems. How wide is the bootstrap interval now?
+# 1. Run `asr evaluate --manifest ../shared/data/speechocean762.dev.jsonl --limit 100 --compare faster-whisper`
+#    (from the repository root). How wide is the bootstrap interval on 100 clips?
 # 2. Compute CER (`asr.evaluate.corpus_cer`) next to WER. For which errors does CER forgive more?
 # 3. Remove normalisation for the Whisper outputs only and recompute: which single rule of the
 #    normaliser matters most on this data?
