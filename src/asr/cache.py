@@ -18,10 +18,15 @@ import torch
 
 from asr.modeling import ASRModel
 
+# Bump when the code that turns audio into encoder frames changes (features, encoder paths):
+# the weights alone do not identify the output.
+CACHE_VERSION = 2
+
 
 def encoder_key(model: ASRModel) -> str:
-    """Identity of everything that determines the encoder output for given audio."""
-    h = hashlib.sha256()
+    """Identity of everything that determines the encoder output for given audio: the code
+    version, the encoder's source, mode, config and weights."""
+    h = hashlib.sha256(f"v{CACHE_VERSION}".encode())
     cfg = model.config
     h.update(
         json.dumps(
