@@ -134,7 +134,9 @@ def load_backend(
     if isinstance(model, str | Path):
         if str(model) == FASTER_WHISPER:
             return FasterWhisperBackend(compute_type, num_beams, threads)
-        return ModelBackend(load_model(model), num_beams, max_new_tokens, name=Path(model).name or str(model))
+        trained = (Path(model) / "config.json").is_file()
+        name = Path(model).name if trained else "asr-llm UNTRAINED"
+        return ModelBackend(load_model(model), num_beams, max_new_tokens, name=name)
     return model
 
 
