@@ -308,9 +308,11 @@ class ASRModel(PreTrainedModel):
         inputs = self.prompts.collate(prompts, padding_side="left")
         inputs = {k: v.to(audio.device) for k, v in inputs.items()}
         embeds = self.merge(inputs["input_ids"], inputs["audio_mask"], audio, lengths)
+        caps = None
         if max_new_tokens is None:
             mel = mel_lengths if mel_lengths is not None else encoder_lengths * 2
-            max_new_tokens = self.max_new_tokens_for(mel)
+            caps = [self.max_new_tokens_for(m[None]) for m in mel]
+            max_new_tokens = max(caps)
         penalty = generate_kwargs.pop("repetition_penalty", self.config.repetition_penalty)
         processors = LogitsProcessorList(generate_kwargs.pop("logits_processor", None) or [])
         if penalty is not None and penalty != 1.0:
@@ -327,6 +329,8 @@ class ASRModel(PreTrainedModel):
             **generate_kwargs,
         }
         tokens = self.decoder.generate(inputs_embeds=embeds, attention_mask=inputs["attention_mask"], **options)
+        if caps is not None:  # each clip's own cap, so a short clip decodes the same in any batch
+            tokens = [row[:cap] for row, cap in zip(tokens, caps, strict=True)]
         return [t.strip() for t in self.tokenizer.batch_decode(tokens, skip_special_tokens=True)]
 
     @torch.no_grad()
