@@ -171,6 +171,9 @@ def test_batched_equals_unbatched_tiny_model() -> None:
     # the same through the model's own left-padded batch
     with torch.inference_mode():
         assert model.transcribe(clips, max_new_tokens=8) == [t.text for t in one]
+    # with the default duration-derived caps each clip is cut at its own cap, in any batch
+    own = Transcriber(model, batch_size=1)(clips)
+    assert [t.text for t in own] == [t.text for t in Transcriber(model, batch_size=4)(clips)]
 
 
 def test_batches_run_longest_first_and_skip_silence() -> None:
