@@ -214,6 +214,10 @@ left.legend(fontsize=7)
 right.set(xlabel="time (s)", ylabel="cosine similarity", title="Padded vs variable path, audio frames only")
 right.legend(fontsize=7)
 plt.show()
+last = full[-1][0].pow(2).mean(-1).sqrt()
+print(
+    f"after the last block: RMS {last[0]:.1f} at the first frame, {last[-1]:.1f} at the last, median {last.median():.2f}"
+)
 final = cosine(stock[0, :n_audio], variable[0])
 print(f"final output (after the last LayerNorm): mean cosine {final.mean():.3f}")
 
@@ -221,8 +225,9 @@ print(f"final output (after the last LayerNorm): mean cosine {final.mean():.3f}"
 # Three things to read off these curves:
 #
 # * the residual stream's RMS stays around 1 through the layers, except at the **first and last
-#   frames of the 30 s window** after the last block, which are 20-40 times larger: such "massive
-#   activations" act as attention sinks, and only exist where the training windows had edges;
+#   frames of the 30 s window** after the last block, which are an order of magnitude larger (printed
+#   above): such "massive activations" act as attention sinks, and only exist where the training
+#   windows had edges;
 # * on the audio frames the two paths agree closely (cosine ≈ 0.97-1.0) but not exactly, and least
 #   near the end of the clip, where the padded path sees silence and the variable path sees the edge;
 # * whatever the projector learns, it learns on one of the two: train and serve with the same

@@ -20,8 +20,8 @@
 # Here we build training examples by hand (labels and masking), check the loss against a computation
 # from the logits, and run a real, small training loop: 20 steps on three synthetic clips, on a CPU,
 # in about a minute. That is enough to watch the loss fall and the model memorise its training clips;
-# it is not enough to generalise (the held-out clip shows it). The full recipe (`asr train`) is the
-# same loop over thousands of clips.
+# it is not enough to generalise (the held-out clip shows it). The full recipe (`make train`,
+# `train.py`) is the same loop over thousands of clips.
 
 # %%
 # %matplotlib inline

@@ -141,7 +141,7 @@ for name in systems:
 if not trained:
     print(
         "\nno trained checkpoint in checkpoints/offline: 'ours' is the untrained projector, so its WER is "
-        "expected to be near or above 100 %. Train one (Class 5, `asr train`) and re-run."
+        "expected to be near or above 100 %. Train one (`make train`, see Class 5) and re-run."
     )
 
 # %%
