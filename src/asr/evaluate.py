@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import re
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from functools import lru_cache
@@ -32,6 +33,8 @@ import jiwer
 from tqdm.auto import tqdm
 from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
 
+from asr import data
+from asr.data import BadRows
 from asr.transcribe import Transcriber
 
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -127,23 +130,16 @@ def corpus_cer(references: Sequence[str], hypotheses: Sequence[str], normalise: 
 
 
 def read_manifest(path: str | Path, limit: int | None = None) -> list[dict]:
-    """Rows of a JSONL manifest with ``audio`` made absolute (it is relative to the manifest's folder)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: manifest not found")
-    rows = []
-    for n, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        row = json.loads(line)
-        if "audio" not in row or "text" not in row:
-            raise ValueError(f"{path}:{n}: a manifest row needs 'audio' and 'text'")
-        row["audio"] = str((path.parent / row["audio"]).resolve())
-        row.setdefault("utt_id", Path(row["audio"]).stem)
-        rows.append(row)
-        if limit is not None and len(rows) >= limit:
-            break
-    return rows
+    """Rows of a JSONL manifest with absolute ``audio`` paths and a ``utt_id``.
+
+    Reading is :func:`asr.data.read_manifest`'s: rows without audio or transcript cannot be
+    scored, so they are skipped and reported by file name (a warning), not silently dropped.
+    """
+    bad = BadRows()
+    rows = data.read_manifest(path, bad, limit)
+    if bad:
+        warnings.warn(bad.summary(), stacklevel=2)
+    return [{**row, "audio": str(Path(row["audio"]).resolve()), "utt_id": row["id"]} for row in rows]
 
 
 @dataclass
