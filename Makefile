@@ -29,6 +29,13 @@ test: install
 test-fast: install
 	$(POETRY) run pytest -q -m "not real and not shared and not notebook" $(ARGS)
 
+notebooks: install
+	$(POETRY) run pytest -q -m notebook tests/test_notebooks.py
+
+bench: install
+	$(POETRY) run python benchmarks/train_throughput.py
+	$(POETRY) run asr bench
+
 lint: install
 	$(POETRY) run ruff check . && $(POETRY) run ruff format --check .
 

@@ -202,7 +202,10 @@ class ASRModel(PreTrainedModel):
     # ------------------------------------------------------------------ audio -> LLM inputs
 
     def features(self, audios: list[np.ndarray]) -> dict[str, torch.Tensor]:
-        """Log-mel features of 16 kHz mono clips (each at most 30 s), padded to the longest."""
+        """Log-mel features of 16 kHz mono clips (each at most 30 s), padded to the longest.
+
+        ``input_features`` can be a few frames wider than ``mel_lengths`` (zero tail, batch
+        padding): consumers must read ``mel_lengths``, as :meth:`encode` does."""
         if self.feature_extractor is None:
             raise RuntimeError("no feature extractor attached: load with from_sources/from_pretrained")
         lengths = torch.tensor([len(a) // HOP_LENGTH for a in audios])
