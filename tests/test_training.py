@@ -257,3 +257,29 @@ def test_context_reaches_the_prompt_and_is_masked_from_labels(tmp_path):
         assert tok.decode(labels[labels != IGNORE_INDEX]) == ex.text + tok.eos_token
     no_context = prepare_examples(rows, model, bad, context_prob=0.0, progress=False)
     assert not any(ex.context for ex in no_context)
+
+
+def test_hub_dataset_fails_fast_offline_with_the_alternatives(monkeypatch):
+    import time
+
+    from asr import data as data_module
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    start = time.perf_counter()
+    with pytest.raises(RuntimeError, match="unreachable.*packaged"):
+        data_module.read_hub("openslr/librispeech_asr", BadRows(), config="clean", split="validation")
+    assert time.perf_counter() - start < 10
+
+
+def test_audiofolder_rows(tmp_path):
+    folder = tmp_path / "af"
+    folder.mkdir()
+    sf.write(folder / "a.wav", tone(0.5, 300), 16000)
+    sf.write(folder / "b.wav", tone(0.5, 400), 16000)
+    (folder / "metadata.csv").write_text("file_name,transcription\na.wav,red cat\nb.wav,\n")
+    bad = BadRows()
+    from asr.data import read_audiofolder
+
+    rows = read_audiofolder(folder, bad)
+    assert [(r["id"], r["text"]) for r in rows] == [("a", "red cat")]
+    assert bad.rows == [(str(folder / "b.wav"), "empty transcript: no text in metadata")]
