@@ -8,7 +8,8 @@ training steps (forward + backward through the frozen LLM + AdamW) under bf16 au
 
 - naive:    every step runs the encoder on 30 s padded log-mel (3000 frames), the stock Whisper way;
 - variable: every step runs the encoder on only the frames that hold audio;
-- cached:   the encoder ran once beforehand; steps read its frames (what `train.py` does).
+- cached:   the encoder ran once beforehand; steps read its frames;
+- cached+bf16: cached, and the frozen LLM stored in bf16 (what `train.py` does under bf16 autocast).
 """
 
 from __future__ import annotations
@@ -45,7 +46,11 @@ def worker(path: str, clips: int, steps: int, batch_size: int, threads: int) -> 
     torch.manual_seed(0)
     mode = "padded" if path == "naive" else "variable"
     model = ASRModel.from_sources(ASRConfig(encoder_mode=mode))
-    examples = prepare_examples(rows(clips), model, BadRows(), precompute=path == "cached", progress=False)
+    examples = prepare_examples(
+        rows(clips), model, BadRows(), precompute=path.startswith("cached"), progress=False
+    )
+    if path == "cached+bf16":
+        model.decoder.to(torch.bfloat16)
     collate = Collator(model.prompts, model.projector.output_length)
     batches = [collate(examples[i : i + batch_size]) for i in range(0, len(examples), batch_size)]
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
@@ -92,7 +97,7 @@ def main() -> None:
         print(json.dumps(worker(args.worker, args.clips, args.steps, args.batch_size, args.threads)))
         return
     results = []
-    for path in ("naive", "variable", "cached"):
+    for path in ("naive", "variable", "cached", "cached+bf16"):
         cmd = [
             sys.executable,
             __file__,
@@ -120,7 +125,7 @@ def main() -> None:
     print(
         f"\ntraining throughput, offline preset, batch {args.batch_size}, {args.threads} threads, {args.steps} steps"
     )
-    print(f"{'path':<10}{'samples/s':>12}{'s/step':>10}{'speed-up':>10}{'peak RSS':>12}")
+    print(f"{'path':<12}{'samples/s':>12}{'s/step':>10}{'speed-up':>10}{'peak RSS':>12}")
     for r in results:
         print(
             f"{r['path']:<10}{r['samples_per_s']:>12.2f}{r['s_per_step']:>10.2f}{r['samples_per_s'] / base:>9.1f}x{r['peak_rss_mb']:>9.0f} MB"
