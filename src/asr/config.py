@@ -64,7 +64,7 @@ class ASRConfig(PreTrainedConfig):
         encoder_lora: dict[str, Any] | None = None,
         max_new_tokens_per_second: float = 8.0,
         min_new_tokens: int = 16,
-        repetition_penalty: float = 1.0,
+        repetition_penalty: float = 1.2,
         no_repeat_ngram_size: int = 0,
         **kwargs: Any,
     ) -> None:
