@@ -45,4 +45,5 @@ def test_shipped_checkpoint_transcribes_real_speech(shipped, shared_data):
         hyps += shipped.transcribe(audios[i : i + 8])
     wer = corpus_wer([r["text"] for r in rows], hyps)
     print(f"shipped checkpoint WER on {len(rows)} dev clips: {wer:.1%}")
-    assert wer <= WER_BOUND, f"WER {wer:.1%} over the bound {WER_BOUND:.0%}: {list(zip([r['text'] for r in rows], hyps))[:4]}"
+    pairs = list(zip([r["text"] for r in rows], hyps, strict=True))
+    assert wer <= WER_BOUND, f"WER {wer:.1%} over the bound {WER_BOUND:.0%}: {pairs[:4]}"
