@@ -349,7 +349,6 @@ def prepare_examples(
             continue
         text = normalize_target(row["text"], text_normalization)
         pending.append((row, audio, text))
-    examples: list[Example] = []
     contexts = [
         hotword_context(t, vocabulary, rng) if rng.random() < context_prob else row.get("context")
         for row, _, t in pending
@@ -390,5 +389,4 @@ def prepare_examples(
             if cache is not None:
                 cache.put(pending[i][1], f)
             results[i] = Example(pending[i][0]["id"], pending[i][2], frames=f, context=contexts[i])
-    examples = [results[i] for i in range(len(pending))]
-    return examples
+    return [results[i] for i in range(len(pending))]

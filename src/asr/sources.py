@@ -31,7 +31,6 @@ from urllib.parse import urlparse
 import numpy as np
 import torch
 from transformers import (
-    AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
     PreTrainedModel,
@@ -394,15 +393,3 @@ def load_causal_lm_tokenizer(source: str) -> PreTrainedTokenizerBase:
     if path.suffix == ".gguf":
         return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     return AutoTokenizer.from_pretrained(path)
-
-
-def decoder_config_for(source: str) -> AutoConfig:
-    """The decoder's config without loading its weights."""
-    return AutoConfig.from_pretrained(resolve(source))
-
-
-def package_version(dist: str) -> str | None:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return None

@@ -126,24 +126,12 @@ def evaluate_examples(
     model.eval()
     hyps: list[str] = []
     batches = [examples[i : i + batch_size] for i in range(0, len(examples), batch_size)]
+    collate = Collator(model.prompts, model.projector.output_length)  # the training batches' padding
+    audio_keys = ("encoder_frames", "encoder_lengths", "input_features", "mel_lengths")
     for batch in tqdm(batches, desc="evaluating", leave=False, disable=not progress):
-        if batch[0].frames is not None:
-            lengths = torch.tensor([ex.frames.shape[0] for ex in batch])
-            frames = torch.zeros(len(batch), int(lengths.max()), batch[0].frames.shape[1])
-            for i, ex in enumerate(batch):
-                frames[i, : ex.frames.shape[0]] = ex.frames.float()
-            hyps += model.generate(
-                encoder_frames=frames.to(model.device),
-                encoder_lengths=lengths.to(model.device),
-                context=[ex.context for ex in batch],
-            )
-        else:
-            collated = Collator(model.prompts, model.projector.output_length)(batch)
-            hyps += model.generate(
-                input_features=collated["input_features"].to(model.device),
-                mel_lengths=collated["mel_lengths"].to(model.device),
-                context=[ex.context for ex in batch],
-            )
+        collated = collate(batch)
+        audio = {k: collated[k].to(model.device) for k in audio_keys if k in collated}
+        hyps += model.generate(**audio, context=[ex.context for ex in batch])
     model.train(was_training)
     refs = [ex.text for ex in examples]
     return {
