@@ -1,4 +1,4 @@
-"""Training throughput of the offline preset: naive vs variable-length vs cached encoder frames.
+"""Training throughput of the offline preset, one optimisation added per row.
 
     python benchmarks/train_throughput.py [--clips 64 --steps 8 --batch-size 8 --threads 2]
 
@@ -6,10 +6,12 @@ Each path runs in its own subprocess (honest peak memory), on the same clips (th
 ../shared/data's speechocean762 train manifest, else synthetic speech), doing real projector
 training steps (forward + backward through the frozen LLM + AdamW) under bf16 autocast:
 
-- naive:    every step runs the encoder on 30 s padded log-mel (3000 frames), the stock Whisper way;
-- variable: every step runs the encoder on only the frames that hold audio;
-- cached:   the encoder ran once beforehand; steps read its frames;
-- cached+bf16: cached, and the frozen LLM stored in bf16 (what `train.py` does under bf16 autocast).
+- naive:     every step runs the encoder on 30 s padded log-mel (3000 frames), the stock Whisper
+             way, and the loss is transformers' own (LM head over every position);
+- variable:  the encoder runs on only the frames that hold audio;
+- cached:    the encoder ran once beforehand; steps read its frames;
+- +head:     the LM head runs only at the positions that predict a label (what train.py does);
+- +bf16:     and the frozen LLM is stored in bf16 (what train.py does under bf16 autocast).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+PATHS = ("naive", "variable", "cached", "cached+head", "cached+head+bf16")
 SHARED = ROOT.parent / "shared" / "data" / "speechocean762.train.jsonl"
 
 
@@ -49,8 +52,9 @@ def worker(path: str, clips: int, steps: int, batch_size: int, threads: int) -> 
     examples = prepare_examples(
         rows(clips), model, BadRows(), precompute=path.startswith("cached"), progress=False
     )
-    if path == "cached+bf16":
+    if path.endswith("+bf16"):
         model.decoder.to(torch.bfloat16)
+    full_head = "+head" not in path
     collate = Collator(model.prompts, model.projector.output_length)
     batches = [collate(examples[i : i + batch_size]) for i in range(0, len(examples), batch_size)]
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
@@ -58,7 +62,7 @@ def worker(path: str, clips: int, steps: int, batch_size: int, threads: int) -> 
 
     def step(batch: dict) -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss = model(**batch).loss
+            loss = model(**batch, logits_at_labels=not full_head).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
@@ -97,7 +101,7 @@ def main() -> None:
         print(json.dumps(worker(args.worker, args.clips, args.steps, args.batch_size, args.threads)))
         return
     results = []
-    for path in ("naive", "variable", "cached", "cached+bf16"):
+    for path in PATHS:
         cmd = [
             sys.executable,
             __file__,
@@ -120,15 +124,15 @@ def main() -> None:
             env={**os.environ, "OMP_NUM_THREADS": str(args.threads)},
         )
         results.append(json.loads(out.stdout.strip().splitlines()[-1]))
-        print(f"{path:>8}: {results[-1]['samples_per_s']:.2f} samples/s", file=sys.stderr)
+        print(f"{path:>16}: {results[-1]['samples_per_s']:.2f} samples/s", file=sys.stderr)
     base = results[0]["samples_per_s"]
     print(
         f"\ntraining throughput, offline preset, batch {args.batch_size}, {args.threads} threads, {args.steps} steps"
     )
-    print(f"{'path':<12}{'samples/s':>12}{'s/step':>10}{'speed-up':>10}{'peak RSS':>12}")
+    print(f"{'path':<18}{'samples/s':>12}{'s/step':>10}{'speed-up':>10}{'peak RSS':>12}")
     for r in results:
         print(
-            f"{r['path']:<10}{r['samples_per_s']:>12.2f}{r['s_per_step']:>10.2f}{r['samples_per_s'] / base:>9.1f}x{r['peak_rss_mb']:>9.0f} MB"
+            f"{r['path']:<18}{r['samples_per_s']:>12.2f}{r['s_per_step']:>10.2f}{r['samples_per_s'] / base:>9.1f}x{r['peak_rss_mb']:>9.0f} MB"
         )
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(

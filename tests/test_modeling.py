@@ -67,7 +67,9 @@ def test_forward_loss_and_gradients_reach_only_the_projector(tiny: ASRModel, bat
     tiny.train()
     out = tiny(**batch)
     assert out.loss.ndim == 0 and torch.isfinite(out.loss)
-    assert out.logits.shape[:2] == batch["input_ids"].shape
+    # the LM head ran only where a label is predicted
+    n_labels = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+    assert out.logits.shape == (n_labels, tiny.decoder.config.vocab_size)
     # untrained: close to uniform over the vocabulary
     assert abs(out.loss.item() - np.log(tiny.decoder.config.vocab_size)) < 2.0
     out.loss.backward()
@@ -79,13 +81,17 @@ def test_forward_loss_and_gradients_reach_only_the_projector(tiny: ASRModel, bat
 def test_loss_ignores_everything_but_the_target(tiny: ASRModel, batch_audio) -> None:
     batch = training_batch(tiny, batch_audio[:2], ["one two three", "four"])
     with torch.no_grad():
-        full = tiny(**batch)
+        full = tiny(**batch, logits_at_labels=False)  # transformers' loss over the whole sequence
         logits = full.logits[:, :-1].float()
         labels = batch["labels"][:, 1:]
         expected = torch.nn.functional.cross_entropy(
             logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX
         )
+        fast = tiny(**batch)  # the LM head only at label positions
+    assert full.logits.shape[:2] == batch["input_ids"].shape
     assert full.loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert fast.loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    torch.testing.assert_close(fast.logits, full.logits[:, :-1][labels != IGNORE_INDEX])
 
 
 def test_cached_encoder_frames_give_the_same_logits(tiny: ASRModel, batch_audio) -> None:

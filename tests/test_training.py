@@ -19,7 +19,7 @@ from asr.cache import EncoderCache, encoder_key
 from asr.config import ASRConfig
 from asr.data import BadRows, Collator, Example, LengthGroupedSampler, prepare_examples, read_manifest
 from asr.prompt import IGNORE_INDEX
-from asr.training import DataConfig, TrainingConfig, checkpoints, train
+from asr.training import DataConfig, TrainingConfig, build_model, checkpoints, train
 
 WORDS = ["red", "green", "blue", "cat", "dog", "one", "two", "three"]
 
@@ -283,3 +283,39 @@ def test_audiofolder_rows(tmp_path):
     rows = read_audiofolder(folder, bad)
     assert [(r["id"], r["text"]) for r in rows] == [("a", "red cat")]
     assert bad.rows == [(str(folder / "b.wav"), "empty transcript: no text in metadata")]
+
+
+def test_a_stage_adds_lora_to_a_projector_checkpoint(tmp_path):
+    """A later stage may add LoRA to a projector-only checkpoint: the projector is loaded, the
+    adapters are new and start as the identity, so the model begins where the stage ended."""
+    stage1 = tiny_model(seed=0)
+    with torch.no_grad():
+        for param in stage1.projector.parameters():
+            param.add_(0.05 * torch.randn_like(param))
+    stage1.save_pretrained(tmp_path / "stage1")
+    torch.manual_seed(0)  # the random frozen parts are rebuilt from the seed
+    lora = {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]}
+    stage2 = build_model({**tiny_model_config(), "lora": lora}, str(tmp_path / "stage1")).eval()
+    assert stage2.config.lora["r"] == 4 and stage2.config.projector_output_rms == stage1.config.projector_output_rms
+    trainable = {n for n, p in stage2.named_parameters() if p.requires_grad}
+    adapters = {n for n in trainable if ".lora_" in n}
+    assert adapters and trainable - adapters == {n for n in stage1.trainable_state_dict()}
+    for name, value in stage1.trainable_state_dict().items():
+        torch.testing.assert_close(stage2.get_parameter(name), value)
+    features = stage1.features([tone(1.0, 440.0), tone(0.6, 660.0)])
+    frames, lengths = stage1.encode(features["input_features"], features["mel_lengths"])
+    prompts = [stage1.prompts.build(int(n), "one two") for n in stage1.projector.output_length(lengths)]
+    batch = {**stage1.prompts.collate(prompts), "encoder_frames": frames, "encoder_lengths": lengths}
+    batch.pop("labels")
+    with torch.no_grad():
+        torch.testing.assert_close(stage2(**batch).logits, stage1(**batch).logits)
+    # and the adapters do train: the saved stage-2 checkpoint carries them and reloads
+    with torch.no_grad():
+        for name in adapters:
+            stage2.get_parameter(name).add_(0.01)
+    stage2.save_pretrained(tmp_path / "stage2")
+    torch.manual_seed(0)
+    again = build_model(tiny_model_config(), str(tmp_path / "stage2")).eval()
+    assert again.config.lora["r"] == 4
+    with torch.no_grad():
+        torch.testing.assert_close(again(**batch).logits, stage2(**batch).logits)

@@ -39,7 +39,7 @@ from asr.audio import HOP_LENGTH, SAMPLE_RATE
 from asr.config import PACKAGED_SMOLLM2, ASRConfig
 from asr.encoder import AudioEncoder
 from asr.projector import build_projector
-from asr.prompt import PromptBuilder
+from asr.prompt import IGNORE_INDEX, PromptBuilder
 
 WEIGHTS_NAME = "model.safetensors"
 
@@ -174,9 +174,13 @@ class ASRModel(PreTrainedModel):
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         return {n: p.detach().contiguous() for n, p in self.named_parameters() if p.requires_grad}
 
-    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+    def load_trainable_state_dict(self, state: dict[str, torch.Tensor], new_lora: bool = False) -> None:
+        """Load saved trainable weights; every one must fit. With ``new_lora`` the model's LoRA
+        weights may be missing from ``state`` (adapters added for a new stage keep their init)."""
         expected = set(self.trainable_state_dict())
         missing, unexpected = expected - set(state), set(state) - expected
+        if new_lora:
+            missing = {name for name in missing if ".lora_" not in name}
         if missing or unexpected:
             raise ValueError(f"checkpoint does not fit the model: missing={sorted(missing)[:5]} unexpected={sorted(unexpected)[:5]}")
         params = dict(self.named_parameters())
@@ -276,11 +280,26 @@ class ASRModel(PreTrainedModel):
         mel_lengths: torch.Tensor | None = None,
         encoder_frames: torch.Tensor | None = None,
         encoder_lengths: torch.Tensor | None = None,
+        logits_at_labels: bool = True,
         **kwargs: Any,
     ) -> CausalLMOutputWithPast:
+        """Logits over the whole sequence, or with ``labels`` (training) the loss.
+
+        With ``labels`` and ``logits_at_labels`` (the default) the LM head runs only at the
+        positions that predict a label, and ``logits`` is (n_labels, vocab): the prompt and audio
+        positions never need a 49k-way softmax, and skipping it saves ~20% of the frozen LLM's
+        forward+backward for SmolLM2. The loss equals the full-sequence loss (tested).
+        """
         audio, lengths = self.audio_embeddings(input_features, mel_lengths, encoder_frames, encoder_lengths)
         embeds = self.merge(input_ids, audio_mask, audio, lengths)
-        return self.decoder(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, **kwargs)
+        if labels is None or not logits_at_labels:
+            return self.decoder(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, **kwargs)
+        hidden = self.decoder.get_decoder()(inputs_embeds=embeds, attention_mask=attention_mask, **kwargs)
+        targets = labels[:, 1:]
+        scored = targets != IGNORE_INDEX  # position t predicts token t + 1
+        logits = self.decoder.get_output_embeddings()(hidden.last_hidden_state[:, :-1][scored])
+        loss = nn.functional.cross_entropy(logits.float(), targets[scored])
+        return CausalLMOutputWithPast(loss=loss, logits=logits)
 
     # ------------------------------------------------------------------ generation
 

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import Accelerator
+from safetensors.torch import load_file
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
@@ -39,7 +40,7 @@ from asr.data import (
     read_sources,
 )
 from asr.evaluate import corpus_cer, corpus_wer
-from asr.modeling import ASRModel
+from asr.modeling import WEIGHTS_NAME, ASRModel
 from asr.sources import cache_dir
 
 log = logging.getLogger(__name__)
@@ -201,24 +202,42 @@ def load_checkpoint(path: Path, model: ASRModel, optimizer, scheduler) -> dict[s
 # --------------------------------------------------------------------------- the run
 
 
+# fields a later stage may change on a checkpoint it starts from; the rest of the architecture
+# (sources, projector) always comes from the checkpoint
+STAGE_FIELDS = (
+    "instruction",
+    "system_prompt",
+    "max_new_tokens_per_second",
+    "min_new_tokens",
+    "repetition_penalty",
+    "no_repeat_ngram_size",
+)
+
+
 def build_model(model_config: dict[str, Any], init_from: str | None) -> ASRModel:
-    """A fresh model from sources, or an earlier stage's checkpoint (then ``model`` overrides
-    only prompt/decoding fields; the architecture comes from the checkpoint)."""
-    if init_from:
-        model = ASRModel.from_pretrained(init_from)
-        for key in (
-            "instruction",
-            "system_prompt",
-            "max_new_tokens_per_second",
-            "min_new_tokens",
-            "repetition_penalty",
-            "no_repeat_ngram_size",
-        ):
-            if key in model_config:
-                setattr(model.config, key, model_config[key])
-        model.attach_processor(model.feature_extractor, model.tokenizer)
-        return model
-    return ASRModel.from_sources(ASRConfig(**model_config))
+    """A fresh model from sources, or an earlier stage's checkpoint.
+
+    From a checkpoint, ``model`` overrides only the prompt/decoding fields, and may add LoRA
+    adapters (``lora`` / ``encoder_lora``) that the checkpoint does not have yet: they start
+    as the identity (peft's B = 0), so the stage begins exactly where the last one ended.
+    """
+    if not init_from:
+        return ASRModel.from_sources(ASRConfig(**model_config))
+    config = ASRConfig.from_pretrained(init_from)
+    for key in STAGE_FIELDS:
+        if key in model_config:
+            setattr(config, key, model_config[key])
+    added = [key for key in ("lora", "encoder_lora") if model_config.get(key) and not getattr(config, key)]
+    for key in added:
+        setattr(config, key, dict(model_config[key]))
+    if not added:
+        return ASRModel.from_pretrained(init_from, config=config)
+    model = ASRModel.from_sources(config)
+    weights = Path(init_from) / WEIGHTS_NAME
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights}: trainable weights missing from the checkpoint")
+    model.load_trainable_state_dict(load_file(str(weights)), new_lora=True)
+    return model
 
 
 def _mixed_precision(setting: str) -> str:
@@ -249,10 +268,14 @@ def train(
 
     t0 = time.time()
     model = build_model(model_config, cfg.init_from).to(accelerator.device)
-    if accelerator.mixed_precision == "bf16" and not model.config.lora:
+    if accelerator.mixed_precision == "bf16":
         # the frozen LLM only ever runs under bf16 autocast: storing it in bf16 halves its memory
-        # and saves re-casting every weight at every step (the projector stays float32)
+        # and saves re-casting every weight at every step; what trains (projector, LoRA) stays
+        # float32 so that AdamW's small updates are not rounded away
         model.decoder.to(torch.bfloat16)
+        for param in model.decoder.parameters():
+            if param.requires_grad:
+                param.data = param.data.float()
     load_seconds = time.time() - t0
     bad = BadRows()
     train_rows = read_sources(data.train, bad, seed=cfg.seed)
