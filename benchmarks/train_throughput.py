@@ -10,8 +10,12 @@ training steps (forward + backward through the frozen LLM + AdamW) under bf16 au
              way, and the loss is transformers' own (LM head over every position);
 - variable:  the encoder runs on only the frames that hold audio;
 - cached:    the encoder ran once beforehand; steps read its frames;
-- +head:     the LM head runs only at the positions that predict a label (what train.py does);
+- +lean-fwd: the training forward's shortcuts (``ASRModel.forward`` with labels): the prompt's
+             head (template + system prompt) runs once per batch and its keys/values are shared,
+             and the LM head runs only at the positions that predict a label;
 - +bf16:     and the frozen LLM is stored in bf16 (what train.py does under bf16 autocast).
+
+Batches are length-grouped for every path, as train.py's sampler does.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PATHS = ("naive", "variable", "cached", "cached+head", "cached+head+bf16")
+PATHS = ("naive", "variable", "cached", "cached+lean-fwd", "cached+lean-fwd+bf16")
 SHARED = ROOT.parent / "shared" / "data" / "speechocean762.train.jsonl"
 
 
@@ -52,9 +56,10 @@ def worker(path: str, clips: int, steps: int, batch_size: int, threads: int) -> 
     examples = prepare_examples(
         rows(clips), model, BadRows(), precompute=path.startswith("cached"), progress=False
     )
+    examples.sort(key=lambda ex: ex.length)  # length-grouped batches, as train.py's sampler makes
     if path.endswith("+bf16"):
         model.decoder.to(torch.bfloat16)
-    full_head = "+head" not in path
+    lean = "+lean-fwd" in path
     collate = Collator(model.prompts, model.projector.output_length)
     batches = [collate(examples[i : i + batch_size]) for i in range(0, len(examples), batch_size)]
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
@@ -62,7 +67,7 @@ def worker(path: str, clips: int, steps: int, batch_size: int, threads: int) -> 
 
     def step(batch: dict) -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss = model(**batch, logits_at_labels=not full_head).loss
+            loss = model(**batch, logits_at_labels=lean).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()

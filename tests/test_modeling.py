@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModel
 
 from asr import ASRConfig, ASRModel
+from asr.modeling import shared_prefix_length
 from asr.audio import SAMPLE_RATE, load_audio
 from asr.prompt import IGNORE_INDEX
 
@@ -92,6 +93,34 @@ def test_loss_ignores_everything_but_the_target(tiny: ASRModel, batch_audio) -> 
     assert full.loss.item() == pytest.approx(expected.item(), rel=1e-5)
     assert fast.loss.item() == pytest.approx(expected.item(), rel=1e-5)
     torch.testing.assert_close(fast.logits, full.logits[:, :-1][labels != IGNORE_INDEX])
+
+
+@pytest.mark.parametrize("lora", [None, {"r": 4, "target_modules": ["q_proj", "k_proj", "v_proj"]}])
+def test_shared_prompt_head_and_label_only_head_give_the_same_gradients(batch_audio, lora: dict | None) -> None:
+    """The shortcuts of the training forward change no number: loss and every trainable
+    gradient (projector, and LoRA adapters whose keys/values the shared head depends on)."""
+    tiny = tiny_model(lora=lora)
+    if lora:  # B = 0 at init would hide a missing gradient path through the shared head
+        with torch.no_grad():
+            for name, param in tiny.named_parameters():
+                if "lora_B" in name:
+                    param.normal_(0, 0.05)
+    batch = training_batch(tiny, batch_audio, ["one two three", "four", "five six seven eight", "nine"])
+    first_audio = int(batch["audio_mask"][0].float().argmax())  # the chat template + system prompt
+    assert first_audio > 10
+    assert shared_prefix_length(batch["input_ids"], batch["attention_mask"], batch["audio_mask"]) == first_audio
+    left = tiny.prompts.collate([tiny.prompts.build(3), tiny.prompts.build(5)], padding_side="left")
+    assert shared_prefix_length(left["input_ids"], left["attention_mask"], left["audio_mask"]) == 0
+    grads = []
+    for fast in (False, True):
+        tiny.zero_grad()
+        loss = tiny(**batch, logits_at_labels=fast).loss
+        loss.backward()
+        grads.append((loss.detach(), [p.grad.clone() for p in tiny.parameters() if p.requires_grad]))
+    (slow_loss, slow), (fast_loss, quick) = grads
+    torch.testing.assert_close(fast_loss, slow_loss, rtol=1e-5, atol=1e-6)
+    for a, b in zip(quick, slow, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
 
 
 def test_cached_encoder_frames_give_the_same_logits(tiny: ASRModel, batch_audio) -> None:
