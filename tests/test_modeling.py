@@ -14,8 +14,8 @@ from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModel
 
 from asr import ASRConfig, ASRModel
-from asr.modeling import shared_prefix_length
 from asr.audio import SAMPLE_RATE, load_audio
+from asr.modeling import shared_prefix_length
 from asr.prompt import IGNORE_INDEX
 
 # a random LLM's argmax is a newline or a special token, which decodes to ""; suppress those so

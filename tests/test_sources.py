@@ -273,6 +273,20 @@ def test_unreachable_hub_id_fails_fast_naming_offline_alternatives() -> None:
     assert PACKAGED_WHISPER in message and PACKAGED_SMOLLM2 in message
 
 
+def test_hub_probe_is_bounded_even_when_dns_hangs(monkeypatch) -> None:
+    """A resolver that hangs (no socket timeout covers getaddrinfo) must not hang the caller."""
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+
+    def hanging_lookup(*args, **kwargs):
+        time.sleep(20)
+        raise OSError("resolver gave up")
+
+    monkeypatch.setattr(sources.socket, "getaddrinfo", hanging_lookup)
+    start = time.perf_counter()
+    assert sources.hub_reachable(timeout=0.5) is False
+    assert time.perf_counter() - start < 2
+
+
 def test_unknown_packaged_source() -> None:
     with pytest.raises(
         sources.SourceError, match=r"Unknown packaged source 'packaged:nope'.*packaged:whisper"

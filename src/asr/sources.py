@@ -24,6 +24,7 @@ import shutil
 import socket
 import struct
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlparse
@@ -318,17 +319,29 @@ def packaged_dir(source: str) -> Path:
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the hub endpoint accepts a TCP connection within ``timeout`` seconds."""
+    """Whether the hub endpoint accepts a TCP connection within ``timeout`` seconds.
+
+    The probe runs in a daemon thread: a socket timeout does not bound the DNS lookup, which can
+    hang for a minute on a machine with a broken resolver; the caller waits ``timeout`` at most.
+    """
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
         return False
     from huggingface_hub import constants
 
     url = urlparse(constants.ENDPOINT)
-    try:
-        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
+    answer: list[bool] = []
+
+    def probe() -> None:
+        try:
+            with socket.create_connection((url.hostname, url.port or 443), timeout=timeout):
+                answer.append(True)
+        except OSError:
+            answer.append(False)
+
+    thread = threading.Thread(target=probe, name="hub-probe", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(answer and answer[0])
 
 
 def _hub_cached(repo_id: str) -> Path | None:
