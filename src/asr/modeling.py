@@ -162,9 +162,12 @@ class ASRModel(PreTrainedModel):
         return model.to(dtype)
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, dtype: torch.dtype = torch.float32, **kwargs: Any) -> ASRModel:
+    def from_pretrained(
+        cls, path: str | os.PathLike, dtype: torch.dtype = torch.float32, new_lora: bool = False, **kwargs: Any
+    ) -> ASRModel:
         """Load a checkpoint written by :meth:`save_pretrained`: the frozen parts come from the
-        sources named in its config, the trainable part from its ``model.safetensors``."""
+        sources named in its config, the trainable part from its ``model.safetensors``
+        (``new_lora``: LoRA adapters in ``config`` but not in the checkpoint keep their init)."""
         path = Path(path)
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"{path}: no config.json; not a checkpoint saved by ASRModel.save_pretrained")
@@ -175,7 +178,7 @@ class ASRModel(PreTrainedModel):
         weights = path / WEIGHTS_NAME
         if not weights.is_file():
             raise FileNotFoundError(f"{weights}: trainable weights missing from the checkpoint")
-        model.load_trainable_state_dict(load_file(str(weights)))
+        model.load_trainable_state_dict(load_file(str(weights)), new_lora=new_lora)
         return model
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:

@@ -187,9 +187,7 @@ def save_checkpoint(
 
 
 def load_checkpoint(path: Path, model: ASRModel, optimizer, scheduler) -> dict[str, Any]:
-    from safetensors.torch import load_file
-
-    model.load_trainable_state_dict(load_file(str(path / "model.safetensors")))
+    model.load_trainable_state_dict(load_file(str(path / WEIGHTS_NAME)))
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
     rng = torch.load(path / "rng.pt", weights_only=False)
@@ -230,14 +228,7 @@ def build_model(model_config: dict[str, Any], init_from: str | None) -> ASRModel
     added = [key for key in ("lora", "encoder_lora") if model_config.get(key) and not getattr(config, key)]
     for key in added:
         setattr(config, key, dict(model_config[key]))
-    if not added:
-        return ASRModel.from_pretrained(init_from, config=config)
-    model = ASRModel.from_sources(config)
-    weights = Path(init_from) / WEIGHTS_NAME
-    if not weights.is_file():
-        raise FileNotFoundError(f"{weights}: trainable weights missing from the checkpoint")
-    model.load_trainable_state_dict(load_file(str(weights)), new_lora=True)
-    return model
+    return ASRModel.from_pretrained(init_from, config=config, new_lora=bool(added))
 
 
 def _mixed_precision(setting: str) -> str:
