@@ -299,8 +299,8 @@ class ASRModel(PreTrainedModel):
         (tested) for less work: the prompt's head (chat template and system prompt, identical in
         every row of a right-padded batch) runs through the LLM once and its keys/values are
         shared by the batch, and the LM head runs only at the positions that predict a label, so
-        ``logits`` is (n_labels, vocab). For SmolLM2 that skips about a quarter of the tokens and
-        a 49k-way projection at three positions in four.
+        ``logits`` is (n_labels, vocab). For SmolLM2 on short clips that skips about a quarter of
+        the tokens, and the 49k-way projection everywhere but the transcript.
         """
         audio, lengths = self.audio_embeddings(input_features, mel_lengths, encoder_frames, encoder_lengths)
         embeds = self.merge(input_ids, audio_mask, audio, lengths)
