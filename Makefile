@@ -34,7 +34,7 @@ notebooks: install
 
 bench: install
 	$(POETRY) run python benchmarks/train_throughput.py
-	$(POETRY) run asr bench
+	$(POETRY) run python benchmarks/bench.py
 
 lint: install
 	$(POETRY) run ruff check . && $(POETRY) run ruff format --check .

@@ -29,7 +29,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 from transformers import WhisperFeatureExtractor
 
-from asr.audio import HOP_LENGTH, SAMPLE_RATE, load_audio, mel_frames
+from asr.audio import HOP_LENGTH, SAMPLE_RATE, load_audio
+from asr.lengths import mel_frames
 from asr.synth import synthesize
 
 DATA = Path.cwd().resolve().parent.parent / "shared" / "data"
@@ -104,7 +105,7 @@ print(f"bytes: int16 {pcm16.nbytes} vs float32 {clip.nbytes} for {len(clip) / SA
 # | frequency bins | 1 + 400 / 2 = 201 | 40 Hz apart, 0 to 8 kHz |
 # | mel bins (tiny.en) | 80 | (large-v3 / turbo: 128) |
 #
-# So a clip of *n* samples gives `n // 160` frames (`asr.audio.mel_frames`). The power in the 201
+# So a clip of *n* samples gives `n // 160` frames (`asr.lengths.mel_frames`). The power in the 201
 # linear bins is pooled by 80 triangular **mel filters**: narrow at low frequencies, wide at high ones,
 # roughly like the ear's resolution.
 

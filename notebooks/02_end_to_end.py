@@ -38,7 +38,9 @@ from IPython.display import display
 from asr.audio import load_audio
 from asr.synth import synthesize
 from asr.trace import trace
-from asr.transcribe import DEFAULT_MODEL, load_model
+from asr.inference import default_model, load_model
+
+DEFAULT_MODEL = default_model()  # checkpoints/offline of this repository
 
 torch.set_num_threads(1)
 torch.manual_seed(0)  # the untrained projector's random init, when no checkpoint exists

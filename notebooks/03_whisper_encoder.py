@@ -32,7 +32,7 @@ from torch import nn
 
 from asr import ASRConfig, ASRModel
 from asr.audio import SAMPLE_RATE, load_audio
-from asr.encoder import encoder_lengths
+from asr.lengths import encoder_frames
 from asr.synth import synthesize
 
 torch.set_num_threads(1)
@@ -166,7 +166,7 @@ print(f"RMS of the residual stream: in {x.pow(2).mean().sqrt():.2f}, out {librar
 # on the audio frames differ?
 
 # %%
-n_audio = int(encoder_lengths(features["mel_lengths"])[0])  # ceil(mel / 2)
+n_audio = int(encoder_frames(features["mel_lengths"])[0])  # ceil(mel / 2)
 # the stock input: the feature extractor pads the audio with zeros to 30 s (3000 frames)
 mel_30s = model.feature_extractor(clip, sampling_rate=SAMPLE_RATE, return_tensors="pt")["input_features"]
 
@@ -184,7 +184,7 @@ with torch.no_grad():
     full = residual_stream(mel_30s, cfg.max_source_positions)
     # like AudioEncoder.variable: encoder frame i reads mel frames up to 2i + 2, so keep one more
     short = residual_stream(features["input_features"][..., : 2 * n_audio + 1], n_audio)
-    variable = model.encoder.variable(features["input_features"], encoder_lengths(features["mel_lengths"]))
+    variable = model.encoder.variable(features["input_features"], encoder_frames(features["mel_lengths"]))
     stock = whisper(mel_30s).last_hidden_state
 print(f"padded: {len(full)} states of {tuple(full[0].shape)}; variable: {tuple(short[0].shape)}")
 print(

@@ -33,7 +33,9 @@ import torch
 from asr.audio import load_audio
 from asr.synth import synthesize
 from asr.trace import decoder_attentions
-from asr.transcribe import DEFAULT_MODEL, load_model
+from asr.inference import default_model, load_model
+
+DEFAULT_MODEL = default_model()  # checkpoints/offline of this repository
 
 torch.set_num_threads(1)
 torch.manual_seed(0)

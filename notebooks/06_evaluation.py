@@ -36,7 +36,9 @@ import torch
 from asr.audio import load_audio
 from asr.evaluate import corpus_wer, normalize, read_manifest, word_counts
 from asr.synth import sentences, synthesize
-from asr.transcribe import DEFAULT_MODEL, FasterWhisperBackend, ModelBackend, load_model
+from asr.inference import FasterWhisperBackend, ModelBackend, default_model, load_model
+
+DEFAULT_MODEL = default_model()  # checkpoints/offline of this repository
 
 torch.set_num_threads(1)
 torch.manual_seed(0)

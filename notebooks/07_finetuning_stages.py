@@ -42,11 +42,11 @@ from omegaconf import OmegaConf
 from asr import ASRConfig, ASRModel
 from asr.audio import AudioError, load_audio
 from asr.data import hotword_context
-from asr.encoder import encoder_lengths
+from asr.lengths import encoder_frames
 from asr.evaluate import normalize, word_counts
 from asr.prompt import IGNORE_INDEX
 from asr.synth import synthesize
-from asr.transcribe import FasterWhisperBackend
+from asr.inference import FasterWhisperBackend
 
 torch.set_num_threads(1)
 torch.manual_seed(0)
@@ -189,7 +189,7 @@ print(
 
 clip = synthesize(texts[0])
 features = base.features([clip])
-positions = int(base.projector.output_length(encoder_lengths(features["mel_lengths"]))[0])
+positions = int(base.projector.output_length(encoder_frames(features["mel_lengths"]))[0])
 prompt = base.prompts.collate([base.prompts.build(positions, transcript=texts[0])])
 with torch.no_grad():
     a = base(**prompt, **features).logits

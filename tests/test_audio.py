@@ -10,7 +10,8 @@ import pytest
 import soundfile as sf
 from conftest import manifest_rows
 
-from asr.audio import SAMPLE_RATE, AudioError, load_audio, mel_frames, to_mono_16k
+from asr.audio import SAMPLE_RATE, AudioError, load_audio, to_mono_16k
+from asr.lengths import mel_frames
 
 
 def sine(freq: float, seconds: float, rate: int, amplitude: float = 0.5) -> np.ndarray:

@@ -11,8 +11,10 @@ import torch
 from conftest import manifest_rows
 
 from asr import PACKAGED_WHISPER, sources
-from asr.audio import load_audio, mel_frames
-from asr.encoder import AudioEncoder, encoder_lengths
+from asr.audio import load_audio
+from asr.encoder import AudioEncoder
+from asr.lengths import encoder_frames as encoder_lengths
+from asr.lengths import mel_frames
 
 pytestmark = [pytest.mark.real, pytest.mark.shared]
 

@@ -19,7 +19,7 @@ from asr.evaluate import (
     read_manifest,
     word_counts,
 )
-from asr.transcribe import Transcriber
+from asr.inference import Transcriber
 
 
 @pytest.mark.parametrize(

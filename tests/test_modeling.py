@@ -32,11 +32,7 @@ def clips(*seconds: float, seed: int = 0) -> list[np.ndarray]:
 
 
 def training_batch(model: ASRModel, audios: list[np.ndarray], texts: list[str]) -> dict[str, torch.Tensor]:
-    features = model.features(audios)
-    _, lengths = model.encode(features["input_features"], features["mel_lengths"])
-    n_audio = model.projector.output_length(lengths)
-    prompts = [model.prompts.build(int(n), t) for n, t in zip(n_audio, texts, strict=True)]
-    return {**model.prompts.collate(prompts, "right"), **features}
+    return dict(model.processor(audio=audios, text=texts))
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +105,7 @@ def test_shared_prompt_head_and_label_only_head_give_the_same_gradients(batch_au
     first_audio = int(batch["audio_mask"][0].float().argmax())  # the chat template + system prompt
     assert first_audio > 10
     assert shared_prefix_length(batch["input_ids"], batch["attention_mask"], batch["audio_mask"]) == first_audio
-    left = tiny.prompts.collate([tiny.prompts.build(3), tiny.prompts.build(5)], padding_side="left")
+    left = tiny.processor.prompts([3, 5], padding_side="left")
     assert shared_prefix_length(left["input_ids"], left["attention_mask"], left["audio_mask"]) == 0
     grads = []
     for fast in (False, True):
@@ -134,10 +130,10 @@ def test_cached_encoder_frames_give_the_same_logits(tiny: ASRModel, batch_audio)
 
 
 def test_mismatched_audio_positions_raise(tiny: ASRModel, batch_audio) -> None:
-    features = tiny.features(batch_audio[:1])
+    features = tiny.processor.features(batch_audio[:1])
     _, lengths = tiny.encode(features["input_features"], features["mel_lengths"])
     n = int(tiny.projector.output_length(lengths)[0])
-    wrong = tiny.prompts.collate([tiny.prompts.build(n + 1, "hello")])
+    wrong = tiny.processor.prompts([n + 1], ["hello"], padding_side="right")
     with pytest.raises(ValueError, match=rf"prompt has {n + 1} audio positions, projector gave {n}"):
         tiny(**wrong, **features)
 
@@ -145,14 +141,14 @@ def test_mismatched_audio_positions_raise(tiny: ASRModel, batch_audio) -> None:
 def test_features_do_not_depend_on_the_batch(tiny: ASRModel, batch_audio) -> None:
     """Each clip's frames (up to the one the encoder stem reads past its end) are the same alone,
     in any batch, and in Whisper's own 30 s input."""
-    batched = tiny.features(batch_audio)
+    batched = tiny.processor.features(batch_audio)
     assert batched["mel_lengths"].tolist() == [100, 50, 150, 27]
     assert batched["input_features"].shape[-1] >= 152
     for i, audio in enumerate(batch_audio):
         m = int(batched["mel_lengths"][i]) + 1
-        alone = tiny.features([audio])["input_features"][0, :, :m]
+        alone = tiny.processor.features([audio])["input_features"][0, :, :m]
         torch.testing.assert_close(batched["input_features"][i, :, :m], alone, atol=1e-5, rtol=0)
-        window = tiny.feature_extractor(audio, sampling_rate=SAMPLE_RATE, return_tensors="pt")[
+        window = tiny.processor.feature_extractor(audio, sampling_rate=SAMPLE_RATE, return_tensors="pt")[
             "input_features"
         ]
         torch.testing.assert_close(alone, window[0, :, :m], atol=1e-4, rtol=0)
@@ -160,9 +156,9 @@ def test_features_do_not_depend_on_the_batch(tiny: ASRModel, batch_audio) -> Non
 
 def test_audio_embeddings_do_not_depend_on_the_batch(tiny: ASRModel, batch_audio) -> None:
     with torch.no_grad():
-        audio, lengths = tiny.audio_embeddings(**tiny.features(batch_audio))
+        audio, lengths = tiny.audio_embeddings(**tiny.processor.features(batch_audio))
         for i, clip in enumerate(batch_audio):
-            alone, n = tiny.audio_embeddings(**tiny.features([clip]))
+            alone, n = tiny.audio_embeddings(**tiny.processor.features([clip]))
             assert n.tolist() == [int(lengths[i])]
             torch.testing.assert_close(audio[i, : int(n[0])], alone[0], atol=1e-5, rtol=0)
 
@@ -180,11 +176,11 @@ def test_batched_generation_equals_one_by_one(
 
 
 def test_generation_with_context(tiny: ASRModel, batch_audio) -> None:
-    features = tiny.features(batch_audio[:2])
+    processor = tiny.processor
     contexts = ["names: Kate", None]
-    batched = tiny.generate(**features, context=contexts, **VISIBLE)
+    batched = processor.batch_decode(tiny.generate(**processor(audio=batch_audio[:2], context=contexts), **VISIBLE))
     alone = [
-        tiny.generate(**tiny.features([a]), context=c, **VISIBLE)[0]
+        processor.batch_decode(tiny.generate(**processor(audio=[a], context=c), **VISIBLE))[0]
         for a, c in zip(batch_audio[:2], contexts, strict=True)
     ]
     assert batched == alone
@@ -195,12 +191,12 @@ def test_decoding_cap_follows_audio_length(tiny: ASRModel) -> None:
     text = tiny.transcribe(clips(0.5), suppress_tokens=[*range(17), 198])[
         0
     ]  # eos suppressed: runs to the cap
-    assert len(tiny.tokenizer(text, add_special_tokens=False)["input_ids"]) <= 16 + 4 + 2
+    assert len(tiny.processor.tokenizer(text, add_special_tokens=False)["input_ids"]) <= 16 + 4 + 2
 
 
 def test_clip_longer_than_30_seconds_is_rejected(tiny: ASRModel) -> None:
     with pytest.raises(ValueError, match="longer than Whisper's 30 s window"):
-        tiny.features([np.zeros(30 * SAMPLE_RATE + 200, np.float32)])
+        tiny.processor.features([np.zeros(30 * SAMPLE_RATE + 200, np.float32)])
 
 
 def reload(path: Path, seed: int = 0) -> ASRModel:
@@ -222,7 +218,10 @@ def test_save_and_reload(tmp_path: Path, batch_audio, lora: dict | None) -> None
             if p.requires_grad:
                 p.add_(torch.randn_like(p) * 0.01)
     model.save_pretrained(tmp_path)
-    assert sorted(f.name for f in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
+    saved_files = {f.name for f in tmp_path.iterdir()}
+    assert {"config.json", "model.safetensors", "generation_config.json", "processor_config.json"} <= saved_files
+    assert {"tokenizer.json", "tokenizer_config.json"} <= saved_files  # the processor's: a complete folder
+    assert not [f for f in saved_files if f.endswith(".tmp")]
     state = load_file(str(tmp_path / "model.safetensors"))
     projector_keys = {k for k in state if k.startswith("projector.")}
     lora_keys = {k for k in state if "lora_" in k}
@@ -254,7 +253,7 @@ def test_auto_classes(tmp_path: Path, tiny: ASRModel, batch_audio) -> None:
     torch.testing.assert_close(logits(auto, batch_audio), logits(tiny, batch_audio), atol=0, rtol=0)
     # config overrides given to AutoModel reach the model
     torch.manual_seed(0)
-    assert AutoModel.from_pretrained(tmp_path, repetition_penalty=1.0).config.repetition_penalty == 1.0
+    assert AutoModel.from_pretrained(tmp_path, projector_dropout=0.1).config.projector_dropout == 0.1
 
 
 def test_checkpoint_that_does_not_fit_is_rejected(tmp_path: Path, tiny: ASRModel) -> None:

@@ -8,11 +8,13 @@ import numpy as np
 import pytest
 import torch
 from conftest import tiny_config, tiny_model
-from transformers import pipeline
+from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration, pipeline
+from transformers.pipelines.automatic_speech_recognition import AutomaticSpeechRecognitionPipeline
 from transformers.pipelines import PIPELINE_REGISTRY
 
 import asr
-from asr.pipeline import TASK, ASRPipeline
+from asr import sources
+from asr.inference.pipeline import TASK, ASRPipeline, SpeechRecognitionPipeline
 
 RNG = np.random.default_rng(0)
 UNTIED = {**tiny_config().decoder_config, "tie_word_embeddings": False}  # see test_transcribe.talking_tiny
@@ -32,8 +34,24 @@ def saved(tmp_path_factory: pytest.TempPathFactory) -> tuple[asr.ASRModel, Path]
 
 def test_import_asr_registers_the_pipeline() -> None:
     tasks = PIPELINE_REGISTRY.to_dict()
-    assert tasks["automatic-speech-recognition"]["impl"] is ASRPipeline
+    assert tasks["automatic-speech-recognition"]["impl"] is SpeechRecognitionPipeline
     assert tasks[TASK]["impl"] is ASRPipeline
+
+
+@pytest.mark.real
+def test_stock_models_get_the_stock_pipeline() -> None:
+    """A Whisper model gets transformers' own class, not a subclass or a fork of it."""
+    torch.manual_seed(0)
+    whisper = WhisperForConditionalGeneration(WhisperConfig(**tiny_config().encoder_config)).eval()
+    pipe = pipeline(
+        "automatic-speech-recognition",
+        model=whisper,
+        tokenizer=sources.whisper_tokenizer(asr.PACKAGED_WHISPER),
+        feature_extractor=WhisperFeatureExtractor(),
+        device="cpu",
+    )
+    assert type(pipe) is AutomaticSpeechRecognitionPipeline and pipe.type == "seq2seq_whisper"
+    assert isinstance(pipe(clip(1.0), generate_kwargs={"max_new_tokens": 3})["text"], str)
 
 
 @pytest.mark.parametrize("task", ["automatic-speech-recognition", TASK])

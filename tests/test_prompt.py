@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from asr import PACKAGED_SMOLLM2, ASRConfig, sources
+from asr import PACKAGED_SMOLLM2, PromptConfig, sources
 from asr.prompt import IGNORE_INDEX, Prompt, PromptBuilder
 
 TRANSCRIPT = "Mark is going to see elephant."
@@ -19,7 +19,8 @@ def tokenizer():
 
 @pytest.fixture(scope="module")
 def builder(tokenizer) -> PromptBuilder:
-    return PromptBuilder.from_config(tokenizer, ASRConfig())
+    prompt = PromptConfig()
+    return PromptBuilder(tokenizer, prompt.instruction, prompt.system_prompt, prompt.audio_placeholder)
 
 
 def audio_span(prompt: Prompt) -> list[int]:
@@ -112,7 +113,7 @@ def test_tokenizer_without_chat_template_is_rejected(tokenizer) -> None:
 
 def test_instruction_with_placeholder_is_rejected() -> None:
     with pytest.raises(ValueError, match="must not contain the audio placeholder"):
-        ASRConfig(instruction="Listen: <|audio|>")
+        PromptConfig(instruction="Listen: <|audio|>")
 
 
 @pytest.fixture

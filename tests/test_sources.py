@@ -242,7 +242,8 @@ def test_transcripts_close_to_faster_whisper_and_reference(whisper, faster, clip
 
 @pytest.mark.real
 def test_plain_smollm2_matches_gguf_model() -> None:
-    plain, tokenizer = sources.load_causal_lm(PACKAGED_SMOLLM2)
+    plain = sources.load_causal_lm(PACKAGED_SMOLLM2)
+    tokenizer = sources.load_causal_lm_tokenizer(PACKAGED_SMOLLM2)
     assert tokenizer.chat_template and "<|im_start|>" in tokenizer.chat_template
     assert not hasattr(plain.config, "quantization_config")
     gguf = sources.packaged_smollm2_gguf()

@@ -54,7 +54,7 @@ def test_trace_shapes_match_arithmetic_and_figures_are_pngs(k: int, tmp_path: Pa
         positions,
     )
     assert (s.mel_bins, s.encoder_width, s.llm_width, s.stack) == (80, 64, 48, k)
-    assert s.prompt_tokens == len(model.prompts.build(positions).input_ids)
+    assert s.prompt_tokens == len(model.processor.prompt_builder.build(positions).input_ids)
     assert (s.decoder_layers, s.decoder_heads) == (2, 4)
     assert result.log_mel.shape == (80, mel)
     assert result.encoder.shape == (encoder, 64)

@@ -13,7 +13,7 @@ from conftest import manifest_rows, tiny_config, tiny_model
 
 from asr.audio import SAMPLE_RATE, load_audio
 from asr.evaluate import corpus_wer, normalize
-from asr.transcribe import Transcriber, plan_windows, stitch, to_srt, write_outputs
+from asr.inference import Transcriber, plan_windows, stitch, to_srt, write_outputs
 
 RNG = np.random.default_rng(0)
 

@@ -12,10 +12,12 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-SAMPLE_RATE = 16_000
-HOP_LENGTH = 160  # samples per 10 ms log-mel frame at 16 kHz
-WHISPER_WINDOW_SECONDS = 30.0
+from asr.lengths import HOP_LENGTH, SAMPLE_RATE, WHISPER_WINDOW_SECONDS
+
+__all__ = ["HOP_LENGTH", "SAMPLE_RATE", "WHISPER_WINDOW_SECONDS", "AudioError", "is_silent", "load_audio"]
+
 MIN_SECONDS = 0.1
+SILENCE_RMS = 1e-3  # -60 dBFS: below this a clip holds no speech worth decoding or training on
 
 
 class AudioError(ValueError):
@@ -105,6 +107,6 @@ def load_audio(
     return validate(to_mono_16k(data, rate, str(path)), str(path), max_seconds)
 
 
-def mel_frames(num_samples: int) -> int:
-    """Number of 10 ms log-mel frames Whisper's feature extractor gives ``num_samples`` of audio."""
-    return num_samples // HOP_LENGTH
+def is_silent(samples: np.ndarray) -> bool:
+    """Digital silence or near it (RMS below -60 dBFS): nothing to transcribe or learn from."""
+    return float(np.sqrt(np.mean(np.square(samples, dtype=np.float64)))) < SILENCE_RMS

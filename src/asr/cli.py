@@ -1,10 +1,9 @@
-"""The ``asr`` command: transcribe, evaluate, bench, trace.
+"""The ``asr`` command: transcribe, evaluate, trace.
 
     asr transcribe talk.wav more.opus --model checkpoints/offline --format json,srt --output-dir out/
     asr evaluate --model checkpoints/offline --manifest ../shared/data/speechocean762.dev.jsonl --limit 100 \\
         --compare faster-whisper --report reports/dev.jsonl
     asr evaluate --model faster-whisper --manifest ...          # the baseline alone
-    asr bench --clips 16 --threads 2
     asr trace clip.wav --out trace_output/
 
 ``--model`` takes a checkpoint directory saved by ``ASRModel.save_pretrained`` or the literal
@@ -19,7 +18,9 @@ import os
 import sys
 from pathlib import Path
 
-from asr.transcribe import DEFAULT_MODEL, FASTER_WHISPER, FORMATS
+from asr.inference.longform import WINDOW_SECONDS
+from asr.inference.outputs import FORMATS
+from asr.inference.transcribe import FASTER_WHISPER
 
 
 def _set_threads(threads: int | None) -> int:
@@ -33,8 +34,8 @@ def _set_threads(threads: int | None) -> int:
 def _model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
-        default=str(DEFAULT_MODEL),
-        help=f"checkpoint directory, or '{FASTER_WHISPER}' (default: %(default)s; the untrained model if absent)",
+        default=None,
+        help=f"checkpoint directory, or '{FASTER_WHISPER}' (default: $ASR_MODEL, else checkpoints/offline in this folder or one above; the untrained model if absent)",
     )
     parser.add_argument("--batch-size", type=int, default=8, help="clips per forward pass (default: 8)")
     parser.add_argument("--beam", type=int, default=1, help="beam width; 1 is greedy (default: 1)")
@@ -52,7 +53,7 @@ def _model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_transcribe(args: argparse.Namespace) -> int:
-    from asr.transcribe import Transcriber, write_outputs
+    from asr.inference import Transcriber, write_outputs
 
     threads = _set_threads(args.threads)
     transcriber = Transcriber(
@@ -81,7 +82,7 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from asr.evaluate import evaluate, format_table, read_manifest
-    from asr.transcribe import Transcriber
+    from asr.inference import Transcriber
 
     threads = _set_threads(args.threads)
     rows = read_manifest(args.manifest, limit=args.limit)
@@ -110,12 +111,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    from asr import bench
-
-    return bench.main_from_args(args)
-
-
 def cmd_trace(argv: list[str]) -> int:
     from asr import trace
 
@@ -134,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--format",
         action="append",
         metavar="FMT",
-        help=f"also write files: {', '.join(FORMATS)} (repeat or comma-separate); SRT has one cue per 28 s window",
+        help=f"also write files: {', '.join(FORMATS)} (repeat or comma-separate); SRT has one cue per {WINDOW_SECONDS:g} s window",
     )
     p.add_argument("--output-dir", default=None, help="folder for --format files (default: current folder)")
     p.set_defaults(func=cmd_transcribe)
@@ -151,12 +146,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", default=None, help="per-utterance JSONL report path")
     p.add_argument("--json", default=None, help="write the summary rows as JSON here")
     p.set_defaults(func=cmd_evaluate)
-
-    from asr.bench import add_arguments
-
-    p = sub.add_parser("bench", help="speed and memory against faster-whisper (each run in its own process)")
-    add_arguments(p)
-    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser(
         "trace", help="figures of one clip's path through the model (see asr.trace)", add_help=False

@@ -35,11 +35,13 @@ class ASRConfig(PreTrainedConfig):
         projector_hidden: hidden width of the projector MLP (default: the LLM width).
         projector_output_rms: initial RMS of the projector output; ``None`` means "match the
             LLM's token embeddings", measured when the decoder is loaded.
-        instruction / system_prompt / audio_placeholder: the prompt (see :mod:`asr.prompt`).
         lora: ``None`` or a dict of peft ``LoraConfig`` arguments applied to the LLM.
         encoder_lora: the same for the Whisper encoder.
-        max_new_tokens_per_second / min_new_tokens: the decoding cap derived from audio length.
-        repetition_penalty / no_repeat_ngram_size: decoding guards against repetition loops.
+
+    Architecture only: the prompt lives in :class:`asr.processing.ASRProcessor` and decoding
+    options in the generation config (:class:`asr.generation.DecodingConfig`), both saved beside
+    a checkpoint. Keys that older checkpoints kept here (``instruction``, ``repetition_penalty``
+    ...) are still read, as attributes, when such a checkpoint is loaded.
     """
 
     model_type = "asr_llm"
@@ -57,15 +59,8 @@ class ASRConfig(PreTrainedConfig):
         projector_hidden: int | None = None,
         projector_dropout: float = 0.0,
         projector_output_rms: float | None = None,
-        instruction: str = "Transcribe the audio.",
-        system_prompt: str | None = "You are a speech recognizer. Write exactly what is said.",
-        audio_placeholder: str = "<|audio|>",
         lora: dict[str, Any] | None = None,
         encoder_lora: dict[str, Any] | None = None,
-        max_new_tokens_per_second: float = 8.0,
-        min_new_tokens: int = 16,
-        repetition_penalty: float = 1.2,
-        no_repeat_ngram_size: int = 0,
         **kwargs: Any,
     ) -> None:
         self.encoder_source = encoder_source
@@ -79,15 +74,8 @@ class ASRConfig(PreTrainedConfig):
         self.projector_hidden = projector_hidden
         self.projector_dropout = float(projector_dropout)
         self.projector_output_rms = projector_output_rms
-        self.instruction = instruction
-        self.system_prompt = system_prompt
-        self.audio_placeholder = audio_placeholder
         self.lora = dict(lora) if lora else None
         self.encoder_lora = dict(encoder_lora) if encoder_lora else None
-        self.max_new_tokens_per_second = float(max_new_tokens_per_second)
-        self.min_new_tokens = int(min_new_tokens)
-        self.repetition_penalty = float(repetition_penalty)
-        self.no_repeat_ngram_size = int(no_repeat_ngram_size)
         super().__init__(**kwargs)
         self.validate()
 
@@ -97,10 +85,6 @@ class ASRConfig(PreTrainedConfig):
             raise ValueError(f"encoder_mode={self.encoder_mode!r}: expected one of {ENCODER_MODES}")
         if self.projector_stack < 1:
             raise ValueError(f"projector_stack={self.projector_stack}: must be >= 1")
-        if self.max_new_tokens_per_second <= 0:
-            raise ValueError(f"max_new_tokens_per_second={self.max_new_tokens_per_second}: must be > 0")
-        if self.audio_placeholder and self.instruction and self.audio_placeholder in self.instruction:
-            raise ValueError("instruction must not contain the audio placeholder; it is inserted for you")
 
     @property
     def encoder_width(self) -> int:

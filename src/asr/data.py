@@ -21,8 +21,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from asr.audio import AudioError, load_audio
-from asr.prompt import PromptBuilder
+from asr import lengths
+from asr.audio import AudioError, is_silent, load_audio
+from asr.processing import ASRProcessor
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +225,7 @@ class Example:
 
     @property
     def length(self) -> int:
-        return self.frames.shape[0] if self.frames is not None else (self.mel_length + 1) // 2
+        return self.frames.shape[0] if self.frames is not None else lengths.encoder_frames(self.mel_length)
 
 
 class ExampleDataset(torch.utils.data.Dataset):
@@ -239,19 +240,24 @@ class ExampleDataset(torch.utils.data.Dataset):
 
 
 class Collator:
-    """Batches examples: pads frames (or features), builds prompts with exactly
-    ``output_length(frames)`` audio positions, and masks everything but the transcript."""
+    """Batches examples: pads frames (or features), builds prompts with exactly as many audio
+    positions as the projector gives each clip, and masks everything but the transcript.
 
-    def __init__(self, prompts: PromptBuilder, output_length: Any) -> None:
-        self.prompts = prompts
-        self.output_length = output_length
+    ``generation=True`` builds left-padded prompts without transcripts (for ``generate``)."""
+
+    def __init__(self, processor: ASRProcessor, generation: bool = False) -> None:
+        self.processor = processor
+        self.generation = generation
 
     def __call__(self, batch: list[Example]) -> dict[str, torch.Tensor]:
-        prompts = [
-            self.prompts.build(int(self.output_length(ex.length)), transcript=ex.text, context=ex.context)
-            for ex in batch
-        ]
-        out = self.prompts.collate(prompts, padding_side="right")
+        n_audio = self.processor.audio_positions([ex.length for ex in batch])
+        contexts = [ex.context for ex in batch]
+        if self.generation:
+            out = self.processor.prompts(n_audio, contexts=contexts, padding_side="left")
+            out.pop("labels")
+        else:
+            texts = [ex.text for ex in batch]
+            out = self.processor.prompts(n_audio, texts, contexts, padding_side="right")
         if batch[0].frames is not None:
             lengths = torch.tensor([ex.frames.shape[0] for ex in batch])
             frames = torch.zeros(
@@ -319,6 +325,7 @@ def hotword_context(text: str, vocabulary: list[str], rng: random.Random) -> str
 def prepare_examples(
     rows: list[dict[str, Any]],
     model: Any,
+    processor: ASRProcessor,
     bad: BadRows,
     cache: Any = None,
     precompute: bool = True,
@@ -344,8 +351,8 @@ def prepare_examples(
         audio = load_clip(row, bad, max_seconds)
         if audio is None:
             continue
-        if float(np.sqrt(np.mean(audio**2))) < 1e-5:
-            bad.add(str(row["audio"]), "silent audio: RMS below 1e-5")
+        if is_silent(audio):
+            bad.add(str(row["audio"]), "silent audio: RMS below -60 dBFS")
             continue
         text = normalize_target(row["text"], text_normalization)
         pending.append((row, audio, text))
@@ -368,7 +375,7 @@ def prepare_examples(
         batches, desc="encoding audio" if precompute else "log-mel", disable=not progress or not batches
     ):
         audios = [pending[i][1] for i in batch]
-        feats = model.features(audios)
+        feats = processor.features(audios)
         if not precompute:
             for n, i in enumerate(batch):
                 m = int(feats["mel_lengths"][n])

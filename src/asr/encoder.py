@@ -15,10 +15,7 @@ import torch
 from torch import nn
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-
-def encoder_lengths(mel_lengths: torch.Tensor) -> torch.Tensor:
-    """Encoder frames produced from ``mel_lengths`` mel frames (conv2 has stride 2, padding 1)."""
-    return (mel_lengths + 1) // 2
+from asr.lengths import encoder_frames
 
 
 class AudioEncoder(nn.Module):
@@ -39,7 +36,7 @@ class AudioEncoder(nn.Module):
         that hold audio. Returns (B, max(lengths), width) and the per-clip frame counts."""
         if input_features.shape[-1] > self.window:
             raise ValueError(f"input has {input_features.shape[-1]} mel frames; Whisper's window is {self.window}")
-        lengths = encoder_lengths(mel_lengths.to(input_features.device))
+        lengths = encoder_frames(mel_lengths.to(input_features.device))
         if self.mode == "padded":
             frames = self.padded(input_features)
         else:

@@ -35,7 +35,7 @@ from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
 
 from asr import data
 from asr.data import BadRows
-from asr.transcribe import Transcriber
+from asr.inference.transcribe import Transcriber
 
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 

@@ -1,8 +1,10 @@
 """`ASRModel`: frozen Whisper encoder -> trainable projector -> frozen causal LM.
 
-The constructor only builds modules (from the sub-configs, or from modules handed in); weights
-are fetched by :meth:`ASRModel.from_sources` (frozen parts) and :meth:`ASRModel.from_pretrained`
-(frozen parts plus the saved trainable part). ``save_pretrained`` writes the config and the
+Tensors in, tensors out: ``forward`` gives the loss (or logits), ``generate`` token ids; the
+:class:`~asr.processing.ASRProcessor` makes the inputs and turns ids into text. The constructor only
+builds modules (from the sub-configs, or from modules handed in); weights are fetched by
+:meth:`ASRModel.from_sources` (frozen parts) and :meth:`ASRModel.from_pretrained` (frozen parts plus
+the saved trainable part). ``save_pretrained`` writes the config, the generation config and the
 trainable weights only: the projector, and LoRA adapters when present (a few MB).
 """
 
@@ -12,6 +14,7 @@ import json
 import math
 import os
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -24,25 +27,43 @@ from transformers import (
     AutoConfig,
     AutoModel,
     AutoModelForCausalLM,
+    AutoModelForSpeechSeq2Seq,
     DynamicCache,
+    GenerationConfig,
     LogitsProcessor,
     LogitsProcessorList,
     PreTrainedModel,
-    PreTrainedTokenizerBase,
     WhisperConfig,
-    WhisperFeatureExtractor,
 )
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-from asr import sources
-from asr.audio import HOP_LENGTH, SAMPLE_RATE
-from asr.config import PACKAGED_SMOLLM2, ASRConfig
+from asr import lengths, sources
+from asr.config import ASRConfig
 from asr.encoder import AudioEncoder
+from asr.generation import DecodingConfig
+from asr.processing import ASRProcessor
 from asr.projector import build_projector
-from asr.prompt import IGNORE_INDEX, PromptBuilder
+from asr.prompt import IGNORE_INDEX
 
 WEIGHTS_NAME = "model.safetensors"
+HUB_KWARGS = {"revision", "token", "cache_dir", "local_files_only", "trust_remote_code", "device_map", "subfolder"}
+GENERATION_CONFIG_NAME = "generation_config.json"
+# decoding options that checkpoints saved before the generation config kept in config.json
+LEGACY_DECODING = {
+    "repetition_penalty": "repetition_penalty",
+    "no_repeat_ngram_size": "no_repeat_ngram_size",
+    "max_new_tokens_per_second": "max_new_tokens_per_second",
+    "min_new_tokens": "max_new_tokens_base",
+}
+
+
+def load_decoding(path: str | os.PathLike, config: ASRConfig) -> DecodingConfig:
+    """Decoding options saved beside a checkpoint (or, in an older one, inside its config)."""
+    if (Path(path) / GENERATION_CONFIG_NAME).is_file():
+        return DecodingConfig.from_generation_config(GenerationConfig.from_pretrained(path))
+    legacy = {new: getattr(config, old) for old, new in LEGACY_DECODING.items() if hasattr(config, old)}
+    return DecodingConfig(**legacy)
 
 
 def embedding_rms(decoder: PreTrainedModel) -> float:
@@ -105,9 +126,9 @@ class ASRModel(PreTrainedModel):
             self._add_lora(self.decoder, config.lora)
         if config.encoder_lora:
             self._add_lora(self.encoder.whisper, config.encoder_lora)
-        self.feature_extractor: WhisperFeatureExtractor | None = None
-        self.tokenizer: PreTrainedTokenizerBase | None = None
-        self.prompts: PromptBuilder | None = None
+        self.generation_config = DecodingConfig().to_generation_config()
+        # the processor that :meth:`transcribe` uses; set by from_sources/from_pretrained
+        self.processor: ASRProcessor | None = None
 
     @staticmethod
     def _add_lora(module: nn.Module, lora: dict[str, Any]) -> None:
@@ -125,61 +146,80 @@ class ASRModel(PreTrainedModel):
 
     # ------------------------------------------------------------------ loading and saving
 
-    def attach_processor(self, feature_extractor: WhisperFeatureExtractor, tokenizer: PreTrainedTokenizerBase) -> None:
-        """Give the model what it needs to turn audio into features and token ids into text."""
-        self.feature_extractor = feature_extractor
-        self.tokenizer = tokenizer
-        self.prompts = PromptBuilder.from_config(tokenizer, self.config)
-
     @classmethod
-    def from_sources(cls, config: ASRConfig, dtype: torch.dtype = torch.float32) -> ASRModel:
+    def from_sources(
+        cls, config: ASRConfig, dtype: torch.dtype = torch.float32, processor: ASRProcessor | None = None
+    ) -> ASRModel:
         """Build the model with pretrained frozen parts and a freshly initialised projector.
 
         Widths are read from the loaded models and recorded in ``config`` so a saved checkpoint
-        can be rebuilt without guessing.
+        can be rebuilt without guessing. ``processor`` (default: the sources' own) is attached for
+        :meth:`transcribe` and gives the generation config its token ids.
         """
         if config.encoder_source == sources.RANDOM:
             whisper_config = WhisperConfig(**config.encoder_config)
             encoder = WhisperEncoder(whisper_config)
-            feature_extractor = WhisperFeatureExtractor(feature_size=whisper_config.num_mel_bins)
         else:
-            whisper, feature_extractor = sources.load_whisper(config.encoder_source)
+            whisper, _ = sources.load_whisper(config.encoder_source)
             encoder, whisper_config = whisper.model.encoder, whisper.config
-        if config.decoder_source == sources.RANDOM:
-            decoder = None
-            tokenizer = sources.load_causal_lm_tokenizer(config.tokenizer_source or PACKAGED_SMOLLM2)
-        else:
-            decoder, tokenizer = sources.load_causal_lm(config.decoder_source, dtype)
+        decoder = None
+        if config.decoder_source != sources.RANDOM:
+            decoder = sources.load_causal_lm(config.decoder_source, dtype)
             config.decoder_config = decoder.config.to_dict()
-        if config.tokenizer_source and config.decoder_source != sources.RANDOM:
-            tokenizer = sources.load_causal_lm_tokenizer(config.tokenizer_source)
         config.encoder_config = whisper_config.to_dict()
         model = cls(config, encoder=encoder, decoder=decoder)
         if config.projector_output_rms is None:
             config.projector_output_rms = embedding_rms(model.decoder)
             model.projector = build_projector(config)
-        model.attach_processor(feature_extractor, tokenizer)
+        model.set_processor(processor or ASRProcessor.from_sources(config))
         return model.to(dtype)
+
+    def set_processor(self, processor: ASRProcessor) -> None:
+        """Attach the processor :meth:`transcribe` uses; generation stops at its end-of-turn token."""
+        self.processor = processor
+        self.generation_config.eos_token_id = processor.eos_token_id
+        self.generation_config.pad_token_id = processor.pad_token_id
 
     @classmethod
     def from_pretrained(
-        cls, path: str | os.PathLike, dtype: torch.dtype = torch.float32, new_lora: bool = False, **kwargs: Any
+        cls,
+        path: str | os.PathLike,
+        dtype: torch.dtype | str | None = torch.float32,
+        new_lora: bool = False,
+        **kwargs: Any,
     ) -> ASRModel:
         """Load a checkpoint written by :meth:`save_pretrained`: the frozen parts come from the
-        sources named in its config, the trainable part from its ``model.safetensors``
+        sources named in its config, the trainable part from its ``model.safetensors``, decoding
+        options from ``generation_config.json`` and the processor from its files
         (``new_lora``: LoRA adapters in ``config`` but not in the checkpoint keep their init)."""
         path = Path(path)
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"{path}: no config.json; not a checkpoint saved by ASRModel.save_pretrained")
+        dtype = dtype if isinstance(dtype, torch.dtype) else torch.float32  # "auto", None: as saved (float32)
+        # what Auto classes and pipeline() pass along for hub loading; a local folder needs none of it
+        kwargs = {k: v for k, v in kwargs.items() if not k.startswith("_") and k not in HUB_KWARGS}
         config = kwargs.pop("config", None)  # AutoModel.from_pretrained passes it, with any overrides
         if not isinstance(config, ASRConfig):
             config = ASRConfig.from_pretrained(path, **kwargs)
-        model = cls.from_sources(config, dtype)
+        model = cls.from_sources(config, dtype, processor=ASRProcessor.from_checkpoint(path, config))
         weights = path / WEIGHTS_NAME
         if not weights.is_file():
             raise FileNotFoundError(f"{weights}: trainable weights missing from the checkpoint")
         model.load_trainable_state_dict(load_file(str(weights)), new_lora=new_lora)
+        model.set_decoding(load_decoding(path, config))
         return model
+
+    @property
+    def decoding(self) -> DecodingConfig:
+        """The decoding options ``generate`` uses by default."""
+        return DecodingConfig.from_generation_config(self.generation_config)
+
+    def set_decoding(self, decoding: DecodingConfig) -> None:
+        """Replace the decoding options (token ids stay)."""
+        ids = {k: getattr(self.generation_config, k) for k in ("eos_token_id", "pad_token_id")}
+        self.generation_config = decoding.to_generation_config()
+        for key, value in ids.items():
+            setattr(self.generation_config, key, value)
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         return {n: p.detach().contiguous() for n, p in self.named_parameters() if p.requires_grad}
@@ -199,7 +239,8 @@ class ASRModel(PreTrainedModel):
                 params[name].copy_(value.to(params[name].dtype))
 
     def save_pretrained(self, save_directory: str | os.PathLike, state_dict: dict | None = None, **_: Any) -> None:
-        """Write ``config.json`` and the trainable weights, each atomically (temp file + rename)."""
+        """Write ``config.json``, ``generation_config.json`` and the trainable weights, each
+        atomically (temp file + rename), and the attached processor's files."""
         directory = Path(save_directory)
         directory.mkdir(parents=True, exist_ok=True)
         trainable = set(self.trainable_state_dict())
@@ -208,42 +249,22 @@ class ASRModel(PreTrainedModel):
         os.close(fd)
         save_file({k: v.cpu().contiguous() for k, v in state.items()}, tmp, metadata={"format": "pt"})
         os.replace(tmp, directory / WEIGHTS_NAME)
-        fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(self.config.to_dict(), f, indent=2, sort_keys=True)
-        os.replace(tmp, directory / "config.json")
+        for name, content in (
+            (GENERATION_CONFIG_NAME, self.generation_config.to_json_string(use_diff=True)),
+            ("config.json", json.dumps(self.config.to_dict(), indent=2, sort_keys=True)),
+        ):
+            fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
+            with os.fdopen(fd, "w") as f:
+                f.write(content)
+            os.replace(tmp, directory / name)
+        if self.processor is not None:
+            self.processor.save_pretrained(directory)
 
     # ------------------------------------------------------------------ audio -> LLM inputs
 
-    def features(self, audios: list[np.ndarray]) -> dict[str, torch.Tensor]:
-        """Log-mel features of 16 kHz mono clips (each at most 30 s), padded to the longest.
-
-        ``input_features`` can be a few frames wider than ``mel_lengths`` (zero tail, batch
-        padding): consumers must read ``mel_lengths``, as :meth:`encode` does."""
-        if self.feature_extractor is None:
-            raise RuntimeError("no feature extractor attached: load with from_sources/from_pretrained")
-        lengths = torch.tensor([len(a) // HOP_LENGTH for a in audios])
-        window = self.encoder.window
-        if int(lengths.max()) > window:
-            raise ValueError(f"a clip is longer than Whisper's {window * HOP_LENGTH / SAMPLE_RATE:.0f} s window; use asr.transcribe for long audio")
-        padding = "max_length" if self.config.encoder_mode == "padded" else "longest"
-        # a clip's last frames must not depend on its batch: the extractor reflect-pads the
-        # longest clip's end but zero-pads the others; one window of zeros after every clip gives
-        # all of them the zero-padded frames of Whisper's own 30 s input
-        tail = np.zeros(self.feature_extractor.n_fft, dtype=np.float32)
-        out = self.feature_extractor(
-            [np.concatenate([np.asarray(a, dtype=np.float32), tail]) for a in audios],
-            sampling_rate=SAMPLE_RATE,
-            padding=padding,
-            return_tensors="pt",
-            return_attention_mask=False,
-        )
-        features = out["input_features"][..., :window]
-        return {"input_features": features.to(self.dtype), "mel_lengths": lengths.clamp(min=1)}
-
     def encode(self, input_features: torch.Tensor, mel_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Encoder frames (B, T, width) with the frames past each clip's length zeroed."""
-        frames, lengths = self.encoder(input_features, mel_lengths)
+        frames, lengths = self.encoder(input_features.to(self.encoder.whisper.dtype), mel_lengths)
         keep = torch.arange(frames.shape[1], device=frames.device)[None, :] < lengths[:, None]
         return frames * keep[..., None].to(frames.dtype), lengths
 
@@ -324,64 +345,74 @@ class ASRModel(PreTrainedModel):
 
     # ------------------------------------------------------------------ generation
 
-    def max_new_tokens_for(self, mel_lengths: torch.Tensor) -> int:
+    def max_new_tokens_for(self, mel_lengths: torch.Tensor, decoding: DecodingConfig | None = None) -> int:
         """Decoding cap from the longest clip's duration: stops repetition loops early."""
-        seconds = float(mel_lengths.max()) * HOP_LENGTH / SAMPLE_RATE
-        return self.config.min_new_tokens + math.ceil(seconds * self.config.max_new_tokens_per_second)
+        decoding = decoding or self.decoding
+        return decoding.max_new_tokens_base + math.ceil(
+            lengths.seconds(mel_lengths) * decoding.max_new_tokens_per_second
+        )
 
     @torch.no_grad()
     def generate(
         self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        audio_mask: torch.Tensor,
         input_features: torch.Tensor | None = None,
         mel_lengths: torch.Tensor | None = None,
         encoder_frames: torch.Tensor | None = None,
         encoder_lengths: torch.Tensor | None = None,
-        context: list[str | None] | str | None = None,
-        num_beams: int = 1,
+        decoding: DecodingConfig | None = None,
         max_new_tokens: int | None = None,
         **generate_kwargs: Any,
-    ) -> list[str]:
-        """Transcribe a batch (greedy, or beam search with ``num_beams > 1``); returns text."""
-        if self.prompts is None:
-            raise RuntimeError("no tokenizer attached: load with from_sources/from_pretrained")
-        audio, lengths = self.audio_embeddings(input_features, mel_lengths, encoder_frames, encoder_lengths)
-        batch = len(lengths)
-        contexts = context if isinstance(context, list) else [context] * batch
-        prompts = [self.prompts.build(int(n), context=c) for n, c in zip(lengths, contexts, strict=True)]
-        inputs = self.prompts.collate(prompts, padding_side="left")
-        inputs = {k: v.to(audio.device) for k, v in inputs.items()}
-        embeds = self.merge(inputs["input_ids"], inputs["audio_mask"], audio, lengths)
+    ) -> torch.Tensor:
+        """Token ids (B, T) generated after a batch of left-padded prompts (``ASRProcessor``
+        output), by greedy or beam search as ``decoding`` (default: the generation config) says.
+
+        Each row stops at its own cap from its clip's duration, so a clip decodes the same alone
+        or in any batch; positions past a row's cap hold the pad token."""
+        decoding = decoding or self.decoding
+        overrides = {k: generate_kwargs.pop(k) for k in asdict(decoding) if k in generate_kwargs}
+        decoding = decoding.replace(**overrides) if overrides else decoding
+        audio, n_audio = self.audio_embeddings(input_features, mel_lengths, encoder_frames, encoder_lengths)
+        embeds = self.merge(input_ids, audio_mask, audio, n_audio)
         caps = None
         if max_new_tokens is None:
             mel = mel_lengths if mel_lengths is not None else encoder_lengths * 2
-            caps = [self.max_new_tokens_for(m[None]) for m in mel]
+            caps = [self.max_new_tokens_for(m[None], decoding) for m in mel]
             max_new_tokens = max(caps)
-        penalty = generate_kwargs.pop("repetition_penalty", self.config.repetition_penalty)
         processors = LogitsProcessorList(generate_kwargs.pop("logits_processor", None) or [])
-        if penalty is not None and penalty != 1.0:
-            processors.append(GeneratedRepetitionPenalty(penalty))
+        if decoding.repetition_penalty != 1.0:
+            processors.append(GeneratedRepetitionPenalty(decoding.repetition_penalty))
         options = {
             "max_new_tokens": max_new_tokens,
-            "num_beams": num_beams,
+            "num_beams": decoding.num_beams,
+            "length_penalty": decoding.length_penalty,
+            "no_repeat_ngram_size": decoding.no_repeat_ngram_size,
             "do_sample": False,
             "repetition_penalty": 1.0,  # applied by GeneratedRepetitionPenalty
             "logits_processor": processors,
-            "no_repeat_ngram_size": self.config.no_repeat_ngram_size,
-            "eos_token_id": self.tokenizer.eos_token_id,
-            "pad_token_id": self.prompts.pad_token_id,
+            "eos_token_id": self.generation_config.eos_token_id,
+            "pad_token_id": self.generation_config.pad_token_id,
             **generate_kwargs,
         }
-        tokens = self.decoder.generate(inputs_embeds=embeds, attention_mask=inputs["attention_mask"], **options)
-        if caps is not None:  # each clip's own cap, so a short clip decodes the same in any batch
-            tokens = [row[:cap] for row, cap in zip(tokens, caps, strict=True)]
-        return [t.strip() for t in self.tokenizer.batch_decode(tokens, skip_special_tokens=True)]
+        tokens = self.decoder.generate(inputs_embeds=embeds, attention_mask=attention_mask, **options)
+        if caps is not None:  # each clip's own cap
+            past = torch.arange(tokens.shape[1], device=tokens.device)[None, :] >= torch.tensor(caps)[:, None]
+            tokens = tokens.masked_fill(past.to(tokens.device), self.generation_config.pad_token_id)
+        return tokens
 
     @torch.no_grad()
     def transcribe(self, audios: list[np.ndarray], context: list[str | None] | str | None = None, **kwargs: Any) -> list[str]:
-        """16 kHz mono clips (each at most 30 s) -> text, in one batch."""
-        features = self.features(audios)
-        return self.generate(**{k: v.to(self.device) for k, v in features.items()}, context=context, **kwargs)
+        """16 kHz mono clips (each at most 30 s) -> text, in one batch: a convenience around
+        ``processor(audio) -> generate -> processor.batch_decode``. Longer audio, files and batching:
+        :class:`asr.inference.Transcriber`."""
+        if self.processor is None:
+            raise RuntimeError("no processor attached: load with from_sources/from_pretrained or set_processor()")
+        inputs = self.processor(audio=audios, context=context).to(self.device)
+        return self.processor.batch_decode(self.generate(**inputs, **kwargs))
 
 
 AutoConfig.register(ASRConfig.model_type, ASRConfig)
 AutoModel.register(ASRConfig, ASRModel)
+AutoModelForSpeechSeq2Seq.register(ASRConfig, ASRModel)

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from asr.config import ASRConfig
+from asr.lengths import audio_positions
 
 PROJECTORS: dict[str, type[Projector]] = {}
 
@@ -46,7 +47,7 @@ class Projector(nn.Module):
 
     def output_length(self, n: int | torch.Tensor) -> int | torch.Tensor:
         """Positions produced from ``n`` encoder frames: ceil(n / k)."""
-        return (n + self.k - 1) // self.k
+        return audio_positions(n, self.k)
 
     def stack(self, frames: torch.Tensor) -> torch.Tensor:
         """(B, T, D) -> (B, ceil(T/k), k*D); the tail is zero-padded to a multiple of k."""

@@ -47,10 +47,6 @@ class PromptBuilder:
         self.audio_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.pad_token_id = self.audio_token_id
 
-    @classmethod
-    def from_config(cls, tokenizer: PreTrainedTokenizerBase, config) -> PromptBuilder:
-        return cls(tokenizer, config.instruction, config.system_prompt, config.audio_placeholder)
-
     def user_text(self, context: str | None = None) -> str:
         text = f"{self.placeholder}\n{self.instruction}"
         if context:

@@ -379,9 +379,13 @@ def resolve(source: str) -> Path:
 
 def load_whisper(source: str) -> tuple[WhisperForConditionalGeneration, WhisperFeatureExtractor]:
     """Full Whisper model (encoder and decoder) and its feature extractor."""
-    path = resolve(source)
-    model = WhisperForConditionalGeneration.from_pretrained(path)
-    return model.eval(), WhisperFeatureExtractor.from_pretrained(path)
+    model = WhisperForConditionalGeneration.from_pretrained(resolve(source))
+    return model.eval(), load_feature_extractor(source)
+
+
+def load_feature_extractor(source: str) -> WhisperFeatureExtractor:
+    """Only Whisper's log-mel feature extractor (no weights are loaded)."""
+    return WhisperFeatureExtractor.from_pretrained(resolve(source))
 
 
 def whisper_tokenizer(source: str) -> PreTrainedTokenizerBase:
@@ -389,15 +393,12 @@ def whisper_tokenizer(source: str) -> PreTrainedTokenizerBase:
     return AutoTokenizer.from_pretrained(resolve(source))
 
 
-def load_causal_lm(source: str, dtype: torch.dtype = torch.float32) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """A causal LM and its tokenizer (with chat template) from a source."""
+def load_causal_lm(source: str, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
+    """A causal LM from a source (its tokenizer: :func:`load_causal_lm_tokenizer`)."""
     path = resolve(source)
     if path.suffix == ".gguf":
-        model = plain_causal_lm(AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name))
-        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-        return model.to(dtype), tokenizer
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-    return model.eval(), AutoTokenizer.from_pretrained(path)
+        return plain_causal_lm(AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)).to(dtype)
+    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval()
 
 
 def load_causal_lm_tokenizer(source: str) -> PreTrainedTokenizerBase:

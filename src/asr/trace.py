@@ -23,7 +23,7 @@ from matplotlib.figure import Figure
 from asr.audio import HOP_LENGTH, SAMPLE_RATE, load_audio
 from asr.modeling import ASRModel
 from asr.prompt import IGNORE_INDEX
-from asr.transcribe import DEFAULT_MODEL, load_model
+from asr.inference.transcribe import load_model
 
 ENCODER_FRAME_SECONDS = 2 * HOP_LENGTH / SAMPLE_RATE  # conv2 has stride 2: 20 ms per frame
 MEL_FRAME_SECONDS = HOP_LENGTH / SAMPLE_RATE  # 10 ms
@@ -190,19 +190,20 @@ def trace(
     """Take one clip (a path, or a 16 kHz mono array) through ``model`` and draw every stage.
 
     ``model``: a loaded model, a checkpoint directory, or ``None`` for the shipped offline
-    checkpoint (:data:`asr.transcribe.DEFAULT_MODEL`; the untrained model, with a warning, until
+    checkpoint (:func:`asr.inference.default_model`; the untrained model, with a warning, until
     it exists).
 
     The decoder's attention comes from a second, teacher-forced pass over the prompt plus the
     re-tokenised transcript (built by the prompt builder exactly like a training example), with
     eager attention switched on for that pass only; ``layer=None`` averages all layers.
     """
-    model = model if isinstance(model, ASRModel) else load_model(DEFAULT_MODEL if model is None else model)
+    model = model if isinstance(model, ASRModel) else load_model(model)
     samples = load_audio(audio, sampling_rate=SAMPLE_RATE if isinstance(audio, np.ndarray) else None)
     say = print if verbose else (lambda *_: None)
     say(f"waveform     : {len(samples)} samples = {len(samples) / SAMPLE_RATE:.2f} s at {SAMPLE_RATE} Hz")
 
-    features = {k: v.to(model.device) for k, v in model.features([samples]).items()}
+    processor = model.processor
+    features = {k: v.to(model.device) for k, v in processor.features([samples]).items()}
     n_mel = int(features["mel_lengths"][0])
     log_mel = features["input_features"][0, :, :n_mel].float().cpu().numpy()
     say(f"log-mel      : {log_mel.shape[0]} bins x {n_mel} frames (10 ms hop)")
@@ -215,9 +216,17 @@ def trace(
     n_pos, k = int(positions[0]), model.config.projector_stack
     say(f"projector    : {n_pos} positions x {projected.shape[-1]} (k={k}: {k * 20} ms per position)")
 
-    text = model.generate(**features, context=context, max_new_tokens=max_new_tokens)[0]
-    prompt_tokens = len(model.prompts.build(n_pos, context=context).input_ids)
-    example = model.prompts.build(n_pos, transcript=text, context=context)
+    prompt = processor.prompts([n_pos], contexts=[context])
+    ids = model.generate(
+        **{k: v.to(model.device) for k, v in prompt.items() if k != "labels"},
+        encoder_frames=frames,  # the frames computed above: the encoder runs once
+        encoder_lengths=lengths,
+        mel_lengths=features["mel_lengths"],
+        max_new_tokens=max_new_tokens,
+    )
+    text = processor.batch_decode(ids)[0]
+    prompt_tokens = int(prompt["attention_mask"].sum())
+    example = processor.prompt_builder.build(n_pos, transcript=text, context=context)
     targets = [i for i, label in enumerate(example.labels) if label != IGNORE_INDEX]
     say(f"prompt       : {prompt_tokens} tokens ({n_pos} of them audio positions)")
     say(f"generated    : {len(targets)} tokens (with end of turn): {text!r}")
@@ -231,7 +240,7 @@ def trace(
     audio_cols = audio_mask[0].nonzero().squeeze(-1).cpu()
     matrix = mean.cpu()[queries][:, audio_cols].numpy()
     audio_share = matrix.sum(axis=1)
-    tokens = [_token_label(model.tokenizer, example.input_ids[i]) for i in targets]
+    tokens = [_token_label(processor.tokenizer, example.input_ids[i]) for i in targets]
     layers, heads = stacked.shape[:2]
     say(f"attention    : {len(targets)} tokens x {n_pos} audio positions, {layers} layers x {heads} heads")
 

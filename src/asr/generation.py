@@ -1,0 +1,63 @@
+"""Decoding options, kept apart from the architecture (as openai/whisper keeps ``DecodingOptions``
+apart from ``ModelDimensions``).
+
+:class:`DecodingConfig` is the one place their defaults and checks live: Hydra's ``generation``
+group is built from it, and it becomes the ``GenerationConfig`` saved beside a checkpoint
+(``generation_config.json``), which ``ASRModel.generate`` reads. A training stage changes them like
+any other option; they never touch the weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from transformers import GenerationConfig
+
+
+@dataclass
+class DecodingConfig:
+    """How transcripts are decoded.
+
+    Args:
+        num_beams: 1 is greedy search.
+        length_penalty: beam search scores are divided by ``length ** length_penalty``.
+        repetition_penalty: CTRL's penalty on tokens already generated (1.0 switches it off);
+            1.2 was tuned on speechocean762 dev, where 1.0 let the frozen LLM loop.
+        no_repeat_ngram_size: forbid repeating n-grams of this size (0 switches it off).
+        max_new_tokens_per_second / max_new_tokens_base: the cap on generated tokens,
+            ``base + ceil(seconds * per_second)`` for each clip, so a loop stops early.
+    """
+
+    num_beams: int = 1
+    length_penalty: float = 1.0
+    repetition_penalty: float = 1.2
+    no_repeat_ngram_size: int = 0
+    max_new_tokens_per_second: float = 8.0
+    max_new_tokens_base: int = 16
+
+    def __post_init__(self) -> None:
+        checks = {
+            "num_beams": self.num_beams >= 1,
+            "repetition_penalty": self.repetition_penalty > 0,
+            "no_repeat_ngram_size": self.no_repeat_ngram_size >= 0,
+            "max_new_tokens_per_second": self.max_new_tokens_per_second > 0,
+            "max_new_tokens_base": self.max_new_tokens_base >= 0,
+        }
+        for key, ok in checks.items():
+            if not ok:
+                raise ValueError(f"generation.{key}: invalid value {getattr(self, key)!r}")
+
+    def to_generation_config(self) -> GenerationConfig:
+        return GenerationConfig(do_sample=False, **asdict(self))
+
+    @classmethod
+    def from_generation_config(cls, generation_config: GenerationConfig | None) -> DecodingConfig:
+        """The options a saved ``GenerationConfig`` holds (defaults for the ones it lacks)."""
+        if generation_config is None:
+            return cls()
+        values = {f.name: getattr(generation_config, f.name, None) for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if v is not None})
+
+    def replace(self, **changes: Any) -> DecodingConfig:
+        return type(self)(**{**asdict(self), **changes})

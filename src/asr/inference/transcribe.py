@@ -1,0 +1,280 @@
+"""Transcribe files or arrays of any length, in batches, with one error per bad file.
+
+Any backend that turns a batch of <= 30 s clips into text can be plugged in: our model (through
+its processor), or faster-whisper on the packaged Whisper tiny.en (the baseline). Long audio is cut
+into windows and stitched by :mod:`asr.inference.longform`.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from asr.audio import SAMPLE_RATE, AudioError, is_silent, load_audio
+from asr.config import ASRConfig
+from asr.inference.longform import OVERLAP_SECONDS, WINDOW_SECONDS, Segment, join_windows, plan_windows
+from asr.modeling import ASRModel
+from asr.processing import ASRProcessor
+
+FASTER_WHISPER = "faster-whisper"
+DEFAULT_CHECKPOINT = Path("checkpoints") / "offline"
+MODEL_ENV = "ASR_MODEL"
+
+AudioInput = str | Path | bytes | np.ndarray
+
+
+def default_model() -> Path:
+    """The checkpoint used when none is named: ``$ASR_MODEL`` if set, else the first
+    ``checkpoints/offline`` found in the current folder or one above it (a clone of this
+    repository ships its trained model there), else that path relative to the current folder
+    (absent: :func:`load_model` falls back to the untrained model with a warning)."""
+    if os.environ.get(MODEL_ENV):
+        return Path(os.environ[MODEL_ENV])
+    here = Path.cwd().resolve()
+    for folder in (here, *here.parents):
+        if (folder / DEFAULT_CHECKPOINT / "config.json").is_file():
+            return folder / DEFAULT_CHECKPOINT
+    return DEFAULT_CHECKPOINT
+
+
+# --------------------------------------------------------------------------- backends
+
+
+class Backend(Protocol):
+    """Turns a batch of 16 kHz mono clips (each <= 30 s) into text, one string per clip."""
+
+    name: str
+
+    def decode(self, clips: list[np.ndarray], contexts: list[str | None]) -> list[str]: ...
+
+
+class ModelBackend:
+    """Our encoder-projector-LLM model: processor -> ``generate`` -> ``batch_decode``."""
+
+    def __init__(
+        self,
+        model: ASRModel,
+        num_beams: int | None = None,
+        max_new_tokens: int | None = None,
+        name: str = "asr-llm",
+        processor: ASRProcessor | None = None,
+    ) -> None:
+        self.model = model.eval()
+        self.processor = processor or model.processor
+        if self.processor is None:
+            raise ValueError("the model has no processor attached: pass processor=")
+        self.options = {"max_new_tokens": max_new_tokens}  # None: each clip's cap from its duration
+        if num_beams is not None:
+            self.options["num_beams"] = num_beams
+        self.name = name
+
+    @torch.inference_mode()
+    def decode(self, clips: list[np.ndarray], contexts: list[str | None]) -> list[str]:
+        inputs = self.processor(audio=clips, context=contexts).to(self.model.device)
+        return self.processor.batch_decode(self.model.generate(**inputs, **self.options))
+
+
+# How the baseline decodes: no timestamps, no conditioning on previous text, no VAD (it sees exactly
+# the audio our model sees), and no temperature fallback (deterministic, like our greedy/beam search).
+FASTER_WHISPER_OPTIONS = {
+    "language": "en",
+    "without_timestamps": True,
+    "condition_on_previous_text": False,
+    "vad_filter": False,
+    "temperature": 0.0,
+}
+
+
+class FasterWhisperBackend:
+    """faster-whisper (CTranslate2) on the packaged Whisper tiny.en: the baseline to beat.
+
+    Clips are decoded one at a time with :data:`FASTER_WHISPER_OPTIONS`.
+    """
+
+    def __init__(self, compute_type: str = "int8", num_beams: int = 1, threads: int | None = None) -> None:
+        from faster_whisper import WhisperModel
+
+        from asr.sources import packaged_whisper_dir
+
+        self.model = WhisperModel(
+            str(packaged_whisper_dir()), device="cpu", compute_type=compute_type, cpu_threads=threads or 0
+        )
+        self.num_beams = num_beams
+        self.name = f"faster-whisper tiny.en {compute_type} beam{num_beams}"
+
+    def decode(self, clips: list[np.ndarray], contexts: list[str | None]) -> list[str]:
+        texts = []
+        for clip, context in zip(clips, contexts, strict=True):
+            segments, _ = self.model.transcribe(
+                clip, beam_size=self.num_beams, initial_prompt=context, **FASTER_WHISPER_OPTIONS
+            )
+            texts.append(" ".join(s.text.strip() for s in segments).strip())
+        return texts
+
+
+
+def load_model(path: str | Path | None = None, dtype: torch.dtype = torch.float32) -> ASRModel:
+    """A checkpoint saved by ``ASRModel.save_pretrained`` (default: :func:`default_model`); when the
+    default is absent, the untrained offline model, with a warning."""
+    path = Path(path) if path is not None else default_model()
+    if not (path / "config.json").is_file() and path in (DEFAULT_CHECKPOINT, default_model()):
+        warnings.warn(
+            f"{path} does not exist: using the UNTRAINED offline model (packaged Whisper tiny.en + "
+            "SmolLM2-135M, random projector); its transcripts are meaningless. Pass --model CHECKPOINT_DIR "
+            f"or set ${MODEL_ENV}.",
+            stacklevel=2,
+        )
+        return ASRModel.from_sources(ASRConfig(), dtype).eval()
+    return ASRModel.from_pretrained(path, dtype=dtype).eval()
+
+
+def load_backend(
+    model: str | Path | ASRModel | Backend | None = None,
+    num_beams: int | None = None,
+    compute_type: str = "int8",
+    threads: int | None = None,
+    max_new_tokens: int | None = None,
+) -> Backend:
+    """``faster-whisper``, a checkpoint directory (default: :func:`default_model`), a loaded
+    :class:`ASRModel`, or a ready backend."""
+    if isinstance(model, ASRModel):
+        return ModelBackend(model, num_beams, max_new_tokens)
+    if model is None or isinstance(model, str | Path):
+        if str(model) == FASTER_WHISPER:
+            return FasterWhisperBackend(compute_type, num_beams or 1, threads)
+        path = Path(model) if model is not None else default_model()
+        name = path.name if (path / "config.json").is_file() else "asr-llm UNTRAINED"
+        return ModelBackend(load_model(path), num_beams, max_new_tokens, name=name)
+    return model
+
+
+# --------------------------------------------------------------------------- transcripts
+
+
+@dataclass
+class Transcript:
+    source: str
+    text: str = ""
+    duration: float = 0.0
+    segments: list[Segment] = field(default_factory=list)
+    error: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class _Job:
+    item: int
+    window: int
+    samples: np.ndarray
+    context: str | None
+
+
+class Transcriber:
+    """Files or arrays in, :class:`Transcript` per input out; bad inputs get ``error`` set, the rest
+    are transcribed regardless."""
+
+    def __init__(
+        self,
+        model: str | Path | ASRModel | Backend | None = None,
+        batch_size: int = 8,
+        num_beams: int | None = None,
+        window_seconds: float = WINDOW_SECONDS,
+        overlap_seconds: float = OVERLAP_SECONDS,
+        compute_type: str = "int8",
+        threads: int | None = None,
+        max_new_tokens: int | None = None,
+        progress: bool = False,
+    ) -> None:
+        self.backend = load_backend(model, num_beams, compute_type, threads, max_new_tokens)
+        self.batch_size = batch_size
+        self.window_seconds = window_seconds
+        self.overlap_seconds = overlap_seconds
+        self.progress = progress
+
+    @property
+    def name(self) -> str:
+        return self.backend.name
+
+    def __call__(
+        self,
+        inputs: Sequence[AudioInput],
+        context: str | Sequence[str | None] | None = None,
+        sampling_rate: int = SAMPLE_RATE,
+    ) -> list[Transcript]:
+        contexts = list(context) if isinstance(context, list | tuple) else [context] * len(inputs)
+        if len(contexts) != len(inputs):
+            raise ValueError(f"{len(contexts)} contexts for {len(inputs)} inputs")
+        results: list[Transcript] = []
+        jobs: list[_Job] = []
+        window_spans: list[list[tuple[int, int]]] = []
+        for i, source in enumerate(inputs):
+            name = str(source) if isinstance(source, str | Path) else f"<{type(source).__name__} {i}>"
+            try:
+                rate = sampling_rate if isinstance(source, np.ndarray) else None
+                audio = load_audio(source, sampling_rate=rate)
+            except (AudioError, OSError) as err:
+                results.append(Transcript(source=name, error=str(err)))
+                window_spans.append([])
+                continue
+            spans = plan_windows(len(audio), self.window_seconds, self.overlap_seconds)
+            results.append(Transcript(source=name, duration=round(len(audio) / SAMPLE_RATE, 3)))
+            window_spans.append(spans)
+            jobs += [_Job(i, w, audio[a:b], contexts[i]) for w, (a, b) in enumerate(spans)]
+        texts = self._decode(jobs, results)
+        for i, result in enumerate(results):
+            if result.error is not None:
+                continue
+            spans = window_spans[i]
+            result.text, result.segments = join_windows([texts[(i, w)] for w in range(len(spans))], spans)
+        return results
+
+    def _decode(self, jobs: list[_Job], results: list[Transcript]) -> dict[tuple[int, int], str]:
+        """Run the backend over all windows, longest first (least padding); a failing batch is retried
+        clip by clip so one bad clip costs only its own file."""
+        texts: dict[tuple[int, int], str] = {}
+        speech = []
+        for job in jobs:
+            if is_silent(job.samples):
+                texts[(job.item, job.window)] = ""
+            else:
+                speech.append(job)
+        speech.sort(key=lambda j: -len(j.samples))
+        batches = [speech[k : k + self.batch_size] for k in range(0, len(speech), self.batch_size)]
+        for batch in tqdm(batches, desc="transcribing", unit="batch", disable=not self.progress):
+            try:
+                outputs = self.backend.decode([j.samples for j in batch], [j.context for j in batch])
+            except Exception:  # noqa: BLE001 - isolate the failing clip below
+                outputs = None
+            for k, job in enumerate(batch):
+                if outputs is not None:
+                    texts[(job.item, job.window)] = outputs[k]
+                    continue
+                try:
+                    texts[(job.item, job.window)] = self.backend.decode([job.samples], [job.context])[0]
+                except Exception as err:  # noqa: BLE001 - reported per file, others go on
+                    results[job.item].error = f"{results[job.item].source}: transcription failed ({err!r})"
+                    texts[(job.item, job.window)] = ""
+        return texts
+
+
+def transcribe(
+    inputs: AudioInput | Sequence[AudioInput],
+    model: str | Path | ASRModel | Backend | None = None,
+    context: str | Sequence[str | None] | None = None,
+    **kwargs,
+) -> list[Transcript]:
+    """One-call convenience: ``transcribe("talk.wav", model="checkpoints/offline")``."""
+    many = isinstance(inputs, list | tuple)
+    return Transcriber(model, **kwargs)(list(inputs) if many else [inputs], context=context)
+
+
