@@ -50,3 +50,33 @@ def test_shipped_checkpoint_transcribes_real_speech(shipped, shared_data):
     print(f"shipped checkpoint WER on {len(rows)} dev clips: {wer:.1%}")
     pairs = list(zip([r["text"] for r in rows], hyps, strict=True))
     assert wer <= WER_BOUND, f"WER {wer:.1%} over the bound {WER_BOUND:.0%}: {pairs[:4]}"
+
+
+# Transcripts of the first speechocean762 dev clips, one clip at a time, by the checkpoint as
+# shipped before the processor/generation-config refactor (commit d9a345f): the refactor moved
+# code, not behaviour.
+BEFORE_REFACTOR = ["mike is going to see a fish", "kate love camel", "two six four eight", "seven three four two"]
+
+
+def test_transcripts_unchanged_by_the_refactor(shipped, shared_data):
+    rows = [json.loads(line) for line in (shared_data / "speechocean762.dev.jsonl").read_text().splitlines()][:4]
+    hyps = [shipped.transcribe([load_audio(shared_data / r["audio"])])[0] for r in rows]
+    assert hyps == BEFORE_REFACTOR
+
+
+def test_checkpoint_in_the_old_format_loads_the_same(shipped, tmp_path):
+    """A checkpoint saved before processors and generation configs (prompt and decoding options
+    inside config.json, nothing else beside the weights) loads with the same options."""
+    config = json.loads((DEFAULT_MODEL / "config.json").read_text())
+    # (transformers 5 itself drops generation keys such as repetition_penalty from any config it
+    # reads, so an old checkpoint's penalty was already the default 1.2 when loaded)
+    config.update(max_new_tokens_per_second=6.0, min_new_tokens=12, instruction="Write down the audio.")
+    config.update(system_prompt=shipped.processor.system_prompt, audio_placeholder="<|audio|>")
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    (tmp_path / "model.safetensors").write_bytes((DEFAULT_MODEL / "model.safetensors").read_bytes())
+    old = ASRModel.from_pretrained(tmp_path)
+    assert old.decoding.max_new_tokens_per_second == 6.0 and old.decoding.max_new_tokens_base == 12
+    assert old.processor.instruction == "Write down the audio."
+    assert "min_new_tokens" not in old.config.to_dict()  # moved out, not duplicated
+    old.save_pretrained(tmp_path / "resaved")
+    assert ASRModel.from_pretrained(tmp_path / "resaved").decoding == old.decoding

@@ -15,6 +15,17 @@ PACKAGED_WHISPER = "packaged:whisper-tiny.en"
 PACKAGED_SMOLLM2 = "packaged:smollm2-135m-instruct"
 
 ENCODER_MODES = ("variable", "padded")
+# prompt and decoding options that checkpoints saved before the processor and the generation
+# config kept in config.json
+LEGACY_KEYS = (
+    "instruction",
+    "system_prompt",
+    "audio_placeholder",
+    "repetition_penalty",
+    "no_repeat_ngram_size",
+    "max_new_tokens_per_second",
+    "min_new_tokens",
+)
 
 
 class ASRConfig(PreTrainedConfig):
@@ -85,6 +96,10 @@ class ASRConfig(PreTrainedConfig):
             raise ValueError(f"encoder_mode={self.encoder_mode!r}: expected one of {ENCODER_MODES}")
         if self.projector_stack < 1:
             raise ValueError(f"projector_stack={self.projector_stack}: must be >= 1")
+
+    def pop_legacy(self) -> dict[str, Any]:
+        """Remove and return the prompt/decoding keys an older checkpoint's config.json held."""
+        return {key: self.__dict__.pop(key) for key in LEGACY_KEYS if key in self.__dict__}
 
     @property
     def encoder_width(self) -> int:

@@ -50,7 +50,7 @@ WEIGHTS_NAME = "model.safetensors"
 HUB_KWARGS = {"revision", "token", "cache_dir", "local_files_only", "trust_remote_code", "device_map", "subfolder"}
 GENERATION_CONFIG_NAME = "generation_config.json"
 # decoding options that checkpoints saved before the generation config kept in config.json
-LEGACY_DECODING = {
+LEGACY_DECODING = {  # old name -> DecodingConfig field
     "repetition_penalty": "repetition_penalty",
     "no_repeat_ngram_size": "no_repeat_ngram_size",
     "max_new_tokens_per_second": "max_new_tokens_per_second",
@@ -58,12 +58,12 @@ LEGACY_DECODING = {
 }
 
 
-def load_decoding(path: str | os.PathLike, config: ASRConfig) -> DecodingConfig:
-    """Decoding options saved beside a checkpoint (or, in an older one, inside its config)."""
+def load_decoding(path: str | os.PathLike, legacy: dict[str, Any]) -> DecodingConfig:
+    """Decoding options saved beside a checkpoint (or, in an older one, inside its config:
+    ``legacy``, from :meth:`ASRConfig.pop_legacy`)."""
     if (Path(path) / GENERATION_CONFIG_NAME).is_file():
         return DecodingConfig.from_generation_config(GenerationConfig.from_pretrained(path))
-    legacy = {new: getattr(config, old) for old, new in LEGACY_DECODING.items() if hasattr(config, old)}
-    return DecodingConfig(**legacy)
+    return DecodingConfig(**{new: legacy[old] for old, new in LEGACY_DECODING.items() if old in legacy})
 
 
 def embedding_rms(decoder: PreTrainedModel) -> float:
@@ -201,12 +201,13 @@ class ASRModel(PreTrainedModel):
         config = kwargs.pop("config", None)  # AutoModel.from_pretrained passes it, with any overrides
         if not isinstance(config, ASRConfig):
             config = ASRConfig.from_pretrained(path, **kwargs)
-        model = cls.from_sources(config, dtype, processor=ASRProcessor.from_checkpoint(path, config))
+        legacy = config.pop_legacy()
+        model = cls.from_sources(config, dtype, processor=ASRProcessor.from_checkpoint(path, config, legacy))
         weights = path / WEIGHTS_NAME
         if not weights.is_file():
             raise FileNotFoundError(f"{weights}: trainable weights missing from the checkpoint")
         model.load_trainable_state_dict(load_file(str(weights)), new_lora=new_lora)
-        model.set_decoding(load_decoding(path, config))
+        model.set_decoding(load_decoding(path, legacy))
         return model
 
     @property

@@ -92,13 +92,16 @@ class ASRProcessor(ProcessorMixin):
         )
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, config: ASRConfig) -> ASRProcessor:
+    def from_checkpoint(
+        cls, path: str | os.PathLike, config: ASRConfig, legacy: dict[str, Any] | None = None
+    ) -> ASRProcessor:
         """The processor saved in a checkpoint folder; for checkpoints saved before processors
-        were, the sources' one with the prompt the config recorded."""
+        were, the sources' one with the prompt their config recorded (``legacy``, from
+        :meth:`ASRConfig.pop_legacy`)."""
         if os.path.isfile(os.path.join(path, "processor_config.json")):
             return cls.from_pretrained(path)
-        legacy = {k: getattr(config, k) for k in asdict(PromptConfig()) if hasattr(config, k)}
-        return cls.from_sources(config, PromptConfig(**legacy))
+        prompt = {k: v for k, v in (legacy or {}).items() if k in asdict(PromptConfig())}
+        return cls.from_sources(config, PromptConfig(**prompt))
 
     @property
     def prompt_config(self) -> PromptConfig:
