@@ -3,6 +3,7 @@ AudioError that names the input and the problem."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 import soundfile as sf
 from conftest import manifest_rows
 
-from asr.audio import SAMPLE_RATE, AudioError, load_audio, to_mono_16k
+from asr.audio import SAMPLE_RATE, AudioError, AudioWarning, load_audio, to_mono_16k
 from asr.lengths import mel_frames
 
 
@@ -103,7 +104,7 @@ def test_empty_bytes() -> None:
 def test_text_file_named_wav(tmp_path: Path) -> None:
     path = tmp_path / "notes.wav"
     path.write_text("this is not audio\n" * 20)
-    with pytest.warns(UserWarning), pytest.raises(AudioError, match=r"notes\.wav: cannot decode audio"):
+    with pytest.raises(AudioError, match=r"notes\.wav: cannot decode audio"):
         load_audio(path)
 
 
@@ -145,3 +146,67 @@ def test_bad_shape_and_rate() -> None:
         to_mono_16k(np.zeros((2, 2, 100), np.float32), SAMPLE_RATE, "clip.npy")
     with pytest.raises(AudioError, match="invalid sample rate 0"):
         load_audio(np.zeros(1000, np.float32), 0)
+
+
+# --------------------------------------------------------------------------- one validation path
+
+
+def test_directory_is_named_as_such(tmp_path: Path) -> None:
+    with pytest.raises(AudioError, match="is a directory, not an audio file"):
+        load_audio(tmp_path)
+
+
+def test_zero_frame_wav_is_empty_not_nan(tmp_path: Path) -> None:
+    path = tmp_path / "none.wav"
+    sf.write(path, np.zeros((0, 2), np.float32), SAMPLE_RATE)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no numpy "mean of empty slice" on the way
+        with pytest.raises(AudioError, match=r"none\.wav: no audio samples"):
+            load_audio(path)
+
+
+def test_undecodable_file_gives_one_error_and_no_library_warnings(tmp_path: Path) -> None:
+    path = tmp_path / "notes.mp3"
+    path.write_text("this is not audio\n" * 20)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(AudioError, match=r"notes\.mp3: cannot decode audio"):
+            load_audio(path)
+    assert not caught, [str(w.message) for w in caught]
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (np.zeros(0, np.float32), "no audio samples"),
+        (np.full(16000, np.nan, np.float32), "NaN or infinite"),
+        (np.full(16000, np.inf, np.float32), "NaN or infinite"),
+        (np.zeros((2, 2, 100), np.float32), "expected 1-D or 2-D audio"),
+        (np.zeros(16000, bool), "expected float or integer PCM samples"),
+        ([0.0] * 16000, "expected a path, file bytes or a numpy array, got list"),
+    ],
+)
+def test_bad_arrays_are_rejected_by_name(bad, message: str) -> None:
+    with pytest.raises(AudioError, match=rf"<array>: .*{message}"):
+        load_audio(bad, SAMPLE_RATE)
+
+
+def test_stereo_arrays_either_layout_and_torch() -> None:
+    import torch
+
+    left = sine(440, 0.5, SAMPLE_RATE)
+    stereo = np.stack([left, left])
+    np.testing.assert_allclose(load_audio(stereo, SAMPLE_RATE), left, atol=1e-7)
+    np.testing.assert_allclose(load_audio(stereo.T, SAMPLE_RATE), left, atol=1e-7)
+    np.testing.assert_allclose(load_audio(torch.from_numpy(left), SAMPLE_RATE), left)
+
+
+def test_unsigned_pcm_is_centred() -> None:
+    pcm = np.full(8000, 128, np.uint8)
+    assert np.abs(load_audio(pcm, SAMPLE_RATE)).max() == 0.0
+
+
+def test_out_of_range_samples_warn() -> None:
+    loud = sine(440, 0.5, SAMPLE_RATE) * 1e6
+    with pytest.warns(AudioWarning, match="far outside"):
+        load_audio(loud, SAMPLE_RATE)

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModel
 
 from asr import ASRConfig, ASRModel
-from asr.audio import SAMPLE_RATE, load_audio
+from asr.audio import SAMPLE_RATE, AudioError, load_audio
 from asr.modeling import shared_prefix_length
 from asr.prompt import IGNORE_INDEX
 
@@ -290,3 +290,27 @@ def test_real_model_round_trip(tmp_path: Path, real_model: ASRModel, shared_data
     loaded = ASRModel.from_pretrained(tmp_path).eval()
     assert loaded.transcribe(audios, max_new_tokens=8) == text
     torch.testing.assert_close(logits(loaded, audios), logits(real_model, audios), atol=0, rtol=0)
+
+
+def test_processor_validates_arrays_like_files(tiny: ASRModel) -> None:
+    """The API rejects what the CLI rejects, with the same words, and scales PCM like files."""
+    with pytest.raises(AudioError, match=r"<clip 0>: no audio samples"):
+        tiny.transcribe([np.zeros(0, np.float32)])
+    with pytest.raises(AudioError, match=r"<clip 1>: audio contains NaN or infinite samples"):
+        tiny.transcribe([clips(1.0)[0], np.full(16000, np.nan, np.float32)])
+    with pytest.raises(AudioError, match="expected a 1-D array or a list of arrays"):
+        tiny.processor(audio="clip.wav")
+    audio = clips(1.0)[0]
+    pcm = (audio * 32767).astype(np.int16)
+    as_float = tiny.processor(audio=[pcm.astype(np.float32) / 32768.0])["input_features"]
+    torch.testing.assert_close(tiny.processor(audio=[pcm])["input_features"], as_float)
+    stereo = tiny.processor(audio=[np.stack([audio, audio])])["input_features"]
+    torch.testing.assert_close(stereo, tiny.processor(audio=[audio])["input_features"])
+
+
+def test_truncated_weights_name_the_file(tmp_path: Path, tiny: ASRModel) -> None:
+    tiny.save_pretrained(tmp_path)
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(OSError, match=r"model\.safetensors: unreadable checkpoint weights"):
+        reload(tmp_path)

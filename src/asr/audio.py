@@ -1,12 +1,15 @@
 """Audio in: decode a file (or take an array), mix to mono, resample to 16 kHz, validate.
 
-Every failure raises :class:`AudioError` naming the file and what is wrong, so a data loader can
-count and skip it and a user sees at once which input is broken.
+The one validation path for files, bytes, arrays, the processor, the pipeline and training: every
+failure raises :class:`AudioError` naming the input and what is wrong, so a data loader can count
+and skip it and a user sees at once which input is broken. Decoders' own warnings are not passed
+on: their reason becomes part of that one-line error.
 """
 
 from __future__ import annotations
 
 import io
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -18,13 +21,20 @@ __all__ = ["HOP_LENGTH", "SAMPLE_RATE", "WHISPER_WINDOW_SECONDS", "AudioError", 
 
 MIN_SECONDS = 0.1
 SILENCE_RMS = 1e-3  # -60 dBFS: below this a clip holds no speech worth decoding or training on
+MAX_PEAK = 4.0  # float samples beyond this are not audio in [-1, 1] (int16 PCM passed as float, say)
 
 
 class AudioError(ValueError):
     """Unusable audio; the message names the source and the problem."""
 
 
+class AudioWarning(UserWarning):
+    """Usable but suspicious audio (e.g. samples far outside [-1, 1])."""
+
+
 def _decode(path: Path) -> tuple[np.ndarray, int]:
+    if path.is_dir():
+        raise AudioError(f"{path}: is a directory, not an audio file")
     if not path.is_file():
         raise AudioError(f"{path}: file not found")
     if path.stat().st_size == 0:
@@ -36,19 +46,32 @@ def _decode(path: Path) -> tuple[np.ndarray, int]:
         try:  # formats libsndfile lacks (mp3 on old builds, m4a): librosa's audioread fallback
             import librosa
 
-            data, rate = librosa.load(str(path), sr=None, mono=False)
+            with warnings.catch_warnings():  # its deprecation notices and "trying audioread"
+                warnings.simplefilter("ignore")
+                data, rate = librosa.load(str(path), sr=None, mono=False)
             return np.atleast_2d(data).astype(np.float32), int(rate)
         except Exception as err:  # noqa: BLE001 - report both decoders' reasons
-            raise AudioError(f"{path}: cannot decode audio ({sf_err}; fallback: {err!r})") from err
+            reason = str(err) or type(err).__name__
+            raise AudioError(f"{path}: cannot decode audio ({sf_err}; fallback: {reason})") from err
 
 
 def to_mono_16k(samples: np.ndarray, rate: int, name: str = "<array>") -> np.ndarray:
     """Mix channels down and resample to 16 kHz; ``samples`` is (n,) or (channels, n), float in
     [-1, 1] or signed integer PCM (scaled to [-1, 1), as soundfile does)."""
-    samples = np.asarray(samples)
+    if hasattr(samples, "detach"):  # a torch tensor
+        samples = samples.detach().cpu().numpy()
+    if not isinstance(samples, np.ndarray):
+        raise AudioError(f"{name}: expected a numpy array of samples, got {type(samples).__name__}")
     if np.issubdtype(samples.dtype, np.signedinteger):
         samples = samples / float(-np.iinfo(samples.dtype).min)
+    elif np.issubdtype(samples.dtype, np.unsignedinteger):  # offset PCM (8-bit WAV)
+        half = float(np.iinfo(samples.dtype).max // 2 + 1)
+        samples = samples / half - 1.0
+    elif not np.issubdtype(samples.dtype, np.floating):
+        raise AudioError(f"{name}: expected float or integer PCM samples, got dtype {samples.dtype}")
     samples = samples.astype(np.float32, copy=False)
+    if samples.size == 0:
+        raise AudioError(f"{name}: no audio samples")
     if samples.ndim == 2:
         # accept (n, channels) as well as (channels, n): channels is the short axis
         if samples.shape[0] > samples.shape[1]:
@@ -66,11 +89,20 @@ def to_mono_16k(samples: np.ndarray, rate: int, name: str = "<array>") -> np.nda
 
 
 def validate(samples: np.ndarray, name: str = "<array>", max_seconds: float | None = None) -> np.ndarray:
-    """Reject audio that cannot be transcribed meaningfully: empty, NaN/inf, too short or too long."""
+    """Reject audio that cannot be transcribed meaningfully: empty, NaN/inf, too short or too long;
+    warn (:class:`AudioWarning`) when samples lie far outside [-1, 1]."""
     if samples.size == 0:
         raise AudioError(f"{name}: no audio samples")
     if not np.isfinite(samples).all():
         raise AudioError(f"{name}: audio contains NaN or infinite samples")
+    peak = float(np.abs(samples).max())
+    if peak > MAX_PEAK:
+        warnings.warn(
+            f"{name}: samples reach {peak:.3g}, far outside [-1, 1] (float audio is expected in [-1, 1]; "
+            "integer PCM is scaled for you); transcribing it as given",
+            AudioWarning,
+            stacklevel=3,
+        )
     seconds = samples.size / SAMPLE_RATE
     if seconds < MIN_SECONDS:
         raise AudioError(f"{name}: clip is {seconds:.3f} s long, shorter than {MIN_SECONDS} s")
@@ -83,16 +115,20 @@ def load_audio(
     source: str | Path | bytes | np.ndarray,
     sampling_rate: int | None = None,
     max_seconds: float | None = None,
+    name: str = "<array>",
 ) -> np.ndarray:
     """Load a path, raw file bytes or an array as validated 16 kHz mono float32.
 
-    Arrays need ``sampling_rate``; files carry their own. Stereo is averaged, other rates are
-    resampled, and anything unusable raises :class:`AudioError`.
+    Arrays (numpy or torch; float in [-1, 1] or integer PCM, (n,) or (channels, n)) need
+    ``sampling_rate`` and are called ``name`` in errors; files carry their own rate and name.
+    Stereo is averaged, other rates are resampled, and anything unusable raises :class:`AudioError`.
     """
-    if isinstance(source, np.ndarray):
+    if isinstance(source, np.ndarray) or hasattr(source, "detach"):
         if sampling_rate is None:
-            raise AudioError("<array>: sampling_rate is required for raw arrays")
-        return validate(to_mono_16k(source, sampling_rate), max_seconds=max_seconds)
+            raise AudioError(f"{name}: sampling_rate is required for raw arrays")
+        return validate(to_mono_16k(source, sampling_rate, name), name, max_seconds)
+    if not isinstance(source, str | Path | bytes):
+        raise AudioError(f"{name}: expected a path, file bytes or a numpy array, got {type(source).__name__}")
     if isinstance(source, bytes):
         name = "<bytes>"
         if not source:

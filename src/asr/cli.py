@@ -159,6 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    if "--progress" not in argv:  # transformers' "Loading weights" bars on every call, otherwise
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     if argv[:1] == ["trace"]:  # everything after it, --help included, belongs to asr.trace
         return cmd_trace(argv[1:])
     args = build_parser().parse_args(argv)

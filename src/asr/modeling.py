@@ -206,7 +206,11 @@ class ASRModel(PreTrainedModel):
         weights = path / WEIGHTS_NAME
         if not weights.is_file():
             raise FileNotFoundError(f"{weights}: trainable weights missing from the checkpoint")
-        model.load_trainable_state_dict(load_file(str(weights)), new_lora=new_lora)
+        try:
+            state = load_file(str(weights))
+        except Exception as err:  # noqa: BLE001 - safetensors' own errors do not name the file
+            raise OSError(f"{weights}: unreadable checkpoint weights ({err}); was the file cut short?") from err
+        model.load_trainable_state_dict(state, new_lora=new_lora)
         model.set_decoding(load_decoding(path, legacy))
         return model
 

@@ -20,6 +20,7 @@ from transformers import AutoFeatureExtractor, AutoProcessor, BatchFeature, PreT
 from transformers.processing_utils import ProcessorMixin
 
 from asr import lengths
+from asr.audio import AudioError, load_audio
 from asr.config import ASRConfig
 from asr.prompt import PromptBuilder
 
@@ -166,13 +167,19 @@ class ASRProcessor(ProcessorMixin):
         sampling_rate: int = lengths.SAMPLE_RATE,
         **_: Any,
     ) -> BatchFeature:
-        """Clips (16 kHz mono, validated: see :func:`asr.audio.load_audio`) -> model inputs.
+        """Clips -> model inputs. Each clip goes through :func:`asr.audio.load_audio` (the checks
+        files get: integer PCM scaled, channels mixed, resampled from ``sampling_rate``, empty,
+        NaN or too short rejected with :class:`~asr.audio.AudioError`).
 
         Without ``text``: features and left-padded generation prompts. With ``text``: a
         right-padded training batch with ``labels``."""
-        if sampling_rate != lengths.SAMPLE_RATE:
-            raise ValueError(f"sampling_rate={sampling_rate}: resample to 16 kHz first (asr.audio.load_audio)")
-        clips = [audio] if isinstance(audio, np.ndarray) and audio.ndim == 1 else list(audio)
+        single = isinstance(audio, np.ndarray) and audio.ndim == 1
+        if not single and not isinstance(audio, list | tuple):
+            raise AudioError(f"audio: expected a 1-D array or a list of arrays, got {type(audio).__name__}")
+        clips = [
+            load_audio(clip, sampling_rate=sampling_rate, name=f"<clip {i}>")
+            for i, clip in enumerate([audio] if single else audio)
+        ]
         texts = [text] if isinstance(text, str) else text
         features = self.features(clips)
         n_audio = self.audio_positions(lengths.encoder_frames(features["mel_lengths"]))
