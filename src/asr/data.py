@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from asr import lengths
+from asr.lengths import SAMPLE_RATE, encoder_frames
 from asr.audio import AudioError, is_silent, load_audio
 from asr.processing import ASRProcessor
 
@@ -225,7 +225,7 @@ class Example:
 
     @property
     def length(self) -> int:
-        return self.frames.shape[0] if self.frames is not None else lengths.encoder_frames(self.mel_length)
+        return self.frames.shape[0] if self.frames is not None else encoder_frames(self.mel_length)
 
 
 class ExampleDataset(torch.utils.data.Dataset):
@@ -312,6 +312,31 @@ class LengthGroupedSampler(torch.utils.data.Sampler[int]):
         return iter([i for b in batches for i in b])
 
 
+MAX_CHARS_PER_SECOND = 40.0  # the corpora here peak at 27.5 (a 0.18 s "three"), typical 7-16
+CHAR_SLACK = 20  # characters allowed on top, so one short word on a very short clip passes
+MAX_LABEL_TOKENS = 448  # Whisper's own cap on a 30 s window's tokens
+
+
+def implausible_transcript(
+    text: str,
+    seconds: float,
+    tokenizer: Any,
+    max_chars_per_second: float = MAX_CHARS_PER_SECOND,
+    max_label_tokens: int = MAX_LABEL_TOKENS,
+) -> str | None:
+    """Why a transcript cannot belong to ``seconds`` of audio (a misaligned row), or None.
+
+    One such row (2 s of audio, 10,000 characters) once took a 4-step run from 1.6 to 17 GB, so
+    rows are checked against the audio's length before anything is batched."""
+    allowed = max_chars_per_second * seconds + CHAR_SLACK
+    if len(text) > allowed:
+        return f"implausible transcript: {len(text)} characters for {seconds:.2f} s of audio (at most {allowed:.0f})"
+    tokens = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    if tokens > max_label_tokens:
+        return f"implausible transcript: {tokens} tokens, over the cap of {max_label_tokens}"
+    return None
+
+
 def hotword_context(text: str, vocabulary: list[str], rng: random.Random) -> str:
     """A hot-word list for prompt-conditioned training: some words of the transcript mixed with
     distractors, shuffled, so the model learns to use (not copy) the context."""
@@ -335,8 +360,13 @@ def prepare_examples(
     seed: int = 0,
     batch_size: int = 16,
     progress: bool = True,
+    max_chars_per_second: float = MAX_CHARS_PER_SECOND,
+    max_label_tokens: int = MAX_LABEL_TOKENS,
 ) -> list[Example]:
     """Decode, validate and (with ``precompute``) encode every row once.
+
+    Rows with unusable audio, or with a transcript too long for their audio
+    (:func:`implausible_transcript`), are skipped and recorded in ``bad``.
 
     With ``precompute`` the frozen encoder runs here, in length-sorted batches, and its frames are
     kept (and cached on disk when ``cache`` is given); without it the examples keep log-mel
@@ -355,6 +385,11 @@ def prepare_examples(
             bad.add(str(row["audio"]), "silent audio: RMS below -60 dBFS")
             continue
         text = normalize_target(row["text"], text_normalization)
+        seconds = len(audio) / SAMPLE_RATE
+        reason = implausible_transcript(text, seconds, processor.tokenizer, max_chars_per_second, max_label_tokens)
+        if reason:
+            bad.add(str(row["audio"]), reason)
+            continue
         pending.append((row, audio, text))
     contexts = [
         hotword_context(t, vocabulary, rng) if rng.random() < context_prob else row.get("context")
