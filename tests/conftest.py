@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from transformers import LlamaConfig, WhisperConfig
@@ -73,3 +74,11 @@ def dev_rows(shared_data: Path) -> list[dict]:
     """First speechocean762 dev rows with absolute audio paths."""
     rows = manifest_rows(shared_data / "speechocean762.dev.jsonl", 8)
     return [{**r, "audio": str(shared_data / r["audio"])} for r in rows]
+
+
+def speechlike(noise: np.ndarray, rate: int = 16000) -> np.ndarray:
+    """Noise whose loudness rises and falls three times a second, as syllables do: it passes the
+    no-speech gate (asr.audio.has_speech), which steady noise does not."""
+    t = np.arange(noise.shape[0]) / rate
+    envelope = 0.1 + 0.9 * np.abs(np.sin(2 * np.pi * 1.5 * t))
+    return (noise * (envelope if noise.ndim == 1 else envelope[:, None])).astype(np.float32)

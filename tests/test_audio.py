@@ -11,7 +11,7 @@ import pytest
 import soundfile as sf
 from conftest import manifest_rows
 
-from asr.audio import SAMPLE_RATE, AudioError, AudioWarning, load_audio, to_mono_16k
+from asr.audio import SAMPLE_RATE, AudioError, AudioWarning, has_speech, load_audio, to_mono_16k
 from asr.lengths import mel_frames
 
 
@@ -210,3 +210,41 @@ def test_out_of_range_samples_warn() -> None:
     loud = sine(440, 0.5, SAMPLE_RATE) * 1e6
     with pytest.warns(AudioWarning, match="far outside"):
         load_audio(loud, SAMPLE_RATE)
+
+
+# --------------------------------------------------------------------------- no-speech gate
+
+
+def _non_speech() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    t = np.arange(3 * SAMPLE_RATE) / SAMPLE_RATE
+    return {
+        "tone": 0.3 * np.sin(2 * np.pi * 440 * t),
+        "chirp": 0.3 * np.sin(2 * np.pi * (200 + 300 * t) * t),
+        "hum": 0.2 * np.sin(2 * np.pi * 50 * t) + 0.1 * np.sin(2 * np.pi * 100 * t),
+        "chord": sum(0.1 * np.sin(2 * np.pi * f * t) for f in (262, 330, 392)),
+        "white noise": 0.1 * rng.standard_normal(len(t)),
+        "silence": np.zeros(len(t)),
+        "95 s tone": 0.3 * np.sin(2 * np.pi * 440 * np.arange(95 * SAMPLE_RATE) / SAMPLE_RATE),
+    }
+
+
+@pytest.mark.parametrize("kind", list(_non_speech()))
+def test_stationary_sound_has_no_speech(kind: str) -> None:
+    assert not has_speech(_non_speech()[kind].astype(np.float32))
+
+
+def test_synthetic_speech_has_speech() -> None:
+    from asr.synth import synthesize
+
+    assert has_speech(synthesize("the quick brown fox jumps over the lazy dog"))
+
+
+@pytest.mark.shared
+def test_no_dev_clip_is_gated(shared_data: Path) -> None:
+    """Every 7th clip of both dev sets passes (all 1,899 did when the bound was chosen)."""
+    import json
+
+    for name in ("speechocean762.dev.jsonl", "librispeech.dev.jsonl"):
+        rows = [json.loads(line) for line in (shared_data / name).read_text().splitlines()][::7]
+        assert all(has_speech(load_audio(shared_data / r["audio"])) for r in rows), name

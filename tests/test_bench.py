@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import tiny_config, tiny_model
+from conftest import tiny_config, tiny_model, speechlike
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))  # the harness is a repository script, not part of the asr package
@@ -28,7 +28,7 @@ def spec(tmp_path_factory: pytest.TempPathFactory) -> dict:
     clips = []
     for n, seconds in enumerate((1.0, 2.0, 1.5)):
         clips.append(str(root / f"{n}.wav"))
-        sf.write(clips[-1], 0.1 * rng.standard_normal(int(seconds * 16000)), 16000)
+        sf.write(clips[-1], speechlike(0.1 * rng.standard_normal(int(seconds * 16000))), 16000)
     return {"model": str(root / "ckpt"), "clips": clips, "threads": 1, "beams": 1, "batch_size": 2}
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import tiny_config, tiny_model
+from conftest import tiny_config, tiny_model, speechlike
 
 from asr import cli
 
@@ -27,7 +27,7 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_transcribe_writes_json_and_srt(tmp_path: Path, checkpoint: Path, capsys) -> None:
     rng = np.random.default_rng(0)
     wav = tmp_path / "talk.wav"
-    sf.write(wav, 0.1 * rng.standard_normal(40 * 16000), 16000)  # 40 s: two windows
+    sf.write(wav, speechlike(0.1 * rng.standard_normal(40 * 16000)), 16000)  # 40 s: two windows
     out = tmp_path / "out"
     argv = ["transcribe", str(wav), "--model", str(checkpoint), "--format", "json,srt", "--format", "txt"]
     code = cli.main([*argv, "--output-dir", str(out), "--threads", "1", "--max-new-tokens", "6"])
@@ -48,7 +48,7 @@ def test_transcribe_writes_json_and_srt(tmp_path: Path, checkpoint: Path, capsys
 
 def test_transcribe_reports_bad_file_and_exit_code(tmp_path: Path, checkpoint: Path, capsys) -> None:
     good, bad = tmp_path / "good.wav", tmp_path / "bad.wav"
-    sf.write(good, 0.1 * np.random.default_rng(1).standard_normal(16000), 16000)
+    sf.write(good, speechlike(0.1 * np.random.default_rng(1).standard_normal(16000)), 16000)
     bad.write_text("not audio")
     code = cli.main(["transcribe", str(good), str(bad), "--model", str(checkpoint), "--threads", "1"])
     captured = capsys.readouterr()
@@ -57,7 +57,7 @@ def test_transcribe_reports_bad_file_and_exit_code(tmp_path: Path, checkpoint: P
 
 
 def test_evaluate_command(tmp_path: Path, checkpoint: Path, capsys) -> None:
-    sf.write(tmp_path / "a.wav", 0.1 * np.random.default_rng(2).standard_normal(16000), 16000)
+    sf.write(tmp_path / "a.wav", speechlike(0.1 * np.random.default_rng(2).standard_normal(16000)), 16000)
     manifest = tmp_path / "m.jsonl"
     manifest.write_text(json.dumps({"audio": "a.wav", "text": "HELLO WORLD"}) + "\n")
     report, summary = tmp_path / "r.jsonl", tmp_path / "s.json"

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from conftest import speechlike
+
 from asr.evaluate import (
     char_counts,
     corpus_cer,
@@ -84,7 +86,7 @@ def test_evaluate_report_and_summary(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     lengths = {16000: "mark is going to see elephant", 24000: "two six four eight"}
     for name, n in (("a.wav", 16000), ("b.wav", 24000)):
-        sf.write(tmp_path / name, 0.1 * rng.standard_normal(n), 16000)
+        sf.write(tmp_path / name, speechlike(0.1 * rng.standard_normal(n)), 16000)
     (tmp_path / "bad.wav").write_bytes(b"not audio")
     rows = [
         {"audio": "a.wav", "text": "MARK IS GOING TO SEE ELEPHANT", "utt_id": "a"},

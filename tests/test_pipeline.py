@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_config, tiny_model
+from conftest import tiny_config, tiny_model, speechlike
 from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration, pipeline
 from transformers.pipelines.automatic_speech_recognition import AutomaticSpeechRecognitionPipeline
 from transformers.pipelines import PIPELINE_REGISTRY
@@ -21,7 +21,7 @@ UNTIED = {**tiny_config().decoder_config, "tie_word_embeddings": False}  # see t
 
 
 def clip(seconds: float) -> np.ndarray:
-    return (0.1 * RNG.standard_normal(int(seconds * 16000))).astype(np.float32)
+    return speechlike(0.1 * RNG.standard_normal(int(seconds * 16000)))
 
 
 @pytest.fixture(scope="module")

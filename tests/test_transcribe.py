@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import manifest_rows, tiny_config, tiny_model
+from conftest import manifest_rows, tiny_config, tiny_model, speechlike
 
 from asr.audio import SAMPLE_RATE, load_audio
 from asr.evaluate import corpus_wer, normalize
@@ -19,7 +19,7 @@ RNG = np.random.default_rng(0)
 
 
 def noise(seconds: float, scale: float = 0.1) -> np.ndarray:
-    return (scale * RNG.standard_normal(int(seconds * SAMPLE_RATE))).astype(np.float32)
+    return speechlike(scale * RNG.standard_normal(int(seconds * SAMPLE_RATE)))
 
 
 def talking_tiny(seed: int = 0):
@@ -183,6 +183,19 @@ def test_batches_run_longest_first_and_skip_silence() -> None:
     assert backend.calls == [[48000, 32000], [16000]]  # silent and near-silent clips never decoded
     assert [t.text for t in out] == ["len 16000", "", "len 48000", "len 32000", ""]
     assert all(t.error is None for t in out)
+    assert [t.no_speech for t in out] == [False, True, False, False, True]
+
+
+def test_tones_get_no_text_and_are_flagged() -> None:
+    """A 2 s tone and 95 s of tone (once: "two" and a 95 s loop of invented words) decode to "",
+    flagged ``no_speech`` in JSON output, without running the model."""
+    backend = Recorder()
+    t = np.arange(95 * SAMPLE_RATE) / SAMPLE_RATE
+    tone = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    out = Transcriber(backend)([tone[: 2 * SAMPLE_RATE], tone, noise(1.0)])
+    assert backend.calls == [[16000]]
+    assert [(t.text, t.no_speech) for t in out] == [("", True), ("", True), ("len 16000", False)]
+    assert out[1].to_dict()["no_speech"] is True
 
 
 # --------------------------------------------------------------------------- bad inputs
@@ -200,7 +213,7 @@ def test_bad_files_are_reported_and_the_rest_transcribed(tmp_path: Path) -> None
     silent = tmp_path / "silent.wav"
     sf.write(silent, np.zeros(2 * SAMPLE_RATE), SAMPLE_RATE)
     stereo = tmp_path / "stereo44k.flac"
-    sf.write(stereo, 0.1 * RNG.standard_normal((int(1.5 * 44100), 2)), 44100)
+    sf.write(stereo, speechlike(0.1 * RNG.standard_normal((int(1.5 * 44100), 2)), 44100), 44100)
     missing = tmp_path / "missing.wav"
 
     backend = Recorder()
@@ -250,7 +263,7 @@ def test_output_files(tmp_path: Path) -> None:
     written = write_outputs([t, t], tmp_path, ["json", "srt", "txt"])
     assert len(written) == 6
     data = json.loads((tmp_path / "input-0.json").read_text())
-    assert set(data) == {"source", "text", "duration", "segments", "error"} and data["duration"] == 65.0
+    assert set(data) == {"source", "text", "duration", "segments", "error", "no_speech"} and data["duration"] == 65.0
     srt = (tmp_path / "input-0.srt").read_text()
     blocks = srt.strip().split("\n\n")
     assert len(blocks) == 3 and blocks[0].splitlines()[0] == "1"

@@ -24,7 +24,7 @@ from transformers.pipelines import PIPELINE_REGISTRY
 from transformers.pipelines.automatic_speech_recognition import AutomaticSpeechRecognitionPipeline
 from transformers.pipelines.base import ChunkPipeline
 
-from asr.audio import SAMPLE_RATE, load_audio
+from asr.audio import SAMPLE_RATE, has_speech, load_audio
 from asr.inference.longform import join_windows, plan_windows
 from asr.modeling import ASRModel
 from asr.processing import ASRProcessor
@@ -91,8 +91,13 @@ class ASRPipeline(ChunkPipeline):
         single = isinstance(model_inputs["audio"], np.ndarray)  # unbatched call
         audios = [model_inputs["audio"]] if single else list(model_inputs["audio"])
         contexts = [model_inputs["context"]] if single else list(model_inputs["context"])
-        inputs = self.asr_processor(audio=audios, context=contexts).to(self.model.device)
-        texts = self.asr_processor.batch_decode(self.model.generate(**inputs, **(generate_kwargs or {})))
+        speech = [i for i, audio in enumerate(audios) if has_speech(audio)]  # the Transcriber's gate
+        texts = [""] * len(audios)
+        if speech:
+            inputs = self.asr_processor(audio=[audios[i] for i in speech], context=[contexts[i] for i in speech])
+            ids = self.model.generate(**inputs.to(self.model.device), **(generate_kwargs or {}))
+            for i, text in zip(speech, self.asr_processor.batch_decode(ids), strict=True):
+                texts[i] = text
         if single:
             return {"text": texts[0], "span": model_inputs["span"], "is_last": model_inputs["is_last"]}
         return {"text": texts, "span": list(model_inputs["span"]), "is_last": list(model_inputs["is_last"])}

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from asr.audio import SAMPLE_RATE, AudioError, is_silent, load_audio
+from asr.audio import SAMPLE_RATE, AudioError, has_speech, load_audio
 from asr.config import ASRConfig
 from asr.inference.longform import OVERLAP_SECONDS, WINDOW_SECONDS, Segment, join_windows, plan_windows
 from asr.modeling import ASRModel
@@ -166,6 +166,7 @@ class Transcript:
     duration: float = 0.0
     segments: list[Segment] = field(default_factory=list)
     error: str | None = None
+    no_speech: bool = False  # every window was silence or stationary sound (asr.audio.has_speech)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -244,10 +245,12 @@ class Transcriber:
         texts: dict[tuple[int, int], str] = {}
         speech = []
         for job in jobs:
-            if is_silent(job.samples):
-                texts[(job.item, job.window)] = ""
-            else:
+            if has_speech(job.samples):
                 speech.append(job)
+            else:  # silence, a tone, hum: "" without running the model, which would invent words
+                texts[(job.item, job.window)] = ""
+        for i in {job.item for job in jobs} - {job.item for job in speech}:
+            results[i].no_speech = True
         speech.sort(key=lambda j: -len(j.samples))
         batches = [speech[k : k + self.batch_size] for k in range(0, len(speech), self.batch_size)]
         for batch in tqdm(batches, desc="transcribing", unit="batch", disable=not self.progress):
