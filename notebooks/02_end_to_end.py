@@ -36,9 +36,9 @@ import torch
 from IPython.display import display
 
 from asr.audio import load_audio
+from asr.inference import default_model, load_model
 from asr.synth import synthesize
 from asr.trace import trace
-from asr.inference import default_model, load_model
 
 DEFAULT_MODEL = default_model()  # checkpoints/offline of this repository
 
@@ -116,12 +116,15 @@ display(result.figures["encoder"], result.figures["projector"])
 # %% [markdown]
 # ## 3. The prompt the LLM reads
 #
-# The prompt is the LLM's own chat template. The audio placeholder is expanded to exactly
-# `projector_positions` slots (`PromptBuilder.build`), whose embeddings are *replaced* by the
-# projector's vectors (`ASRModel.merge`). No new token is added to the vocabulary.
+# The prompt is the LLM's own chat template. The text side belongs to the **processor**
+# (`model.processor`, an `asr.processing.ASRProcessor`: feature extractor, tokenizer and prompt
+# builder): it expands the audio placeholder to exactly `projector_positions` slots
+# (`processor.prompt_builder.build`). The **model** only sees tensors: it *replaces* those slots'
+# embeddings by the projector's vectors (`ASRModel.merge`). No new token is added to the vocabulary.
 
 # %%
-prompt = model.prompts.build(s.projector_positions)
+processor = model.processor
+prompt = processor.prompt_builder.build(s.projector_positions)
 pieces, run = [], 0
 for token_id, is_audio in zip(prompt.input_ids, prompt.audio_mask, strict=True):
     if is_audio:
@@ -130,7 +133,7 @@ for token_id, is_audio in zip(prompt.input_ids, prompt.audio_mask, strict=True):
     if run:
         pieces.append(f"[{run} audio vectors]")
         run = 0
-    pieces.append(model.tokenizer.decode([token_id]))
+    pieces.append(processor.tokenizer.decode([token_id]))
 print("".join(pieces))
 print(
     f"{len(prompt.input_ids)} positions: {sum(prompt.audio_mask)} audio + {len(prompt.input_ids) - sum(prompt.audio_mask)} text"
@@ -166,7 +169,7 @@ print(
 )
 print(
     "nearest token of the first 12 audio positions:",
-    [model.tokenizer.decode([i]) for i in nearest[:12].tolist()],
+    [processor.tokenizer.decode([i]) for i in nearest[:12].tolist()],
 )
 
 # %%

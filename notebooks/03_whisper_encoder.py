@@ -54,7 +54,7 @@ if MANIFEST.is_file():
 else:
     text = "mark is going to see elephant"
     clip = synthesize(text)
-features = model.features([clip])
+features = model.processor.features([clip])  # the processor makes the tensors the model reads
 n_mel = int(features["mel_lengths"][0])
 mel = features["input_features"][..., :n_mel]  # (1, 80, T): the audio frames only
 print(f"clip {text!r}: features {tuple(mel.shape)}")
@@ -168,7 +168,8 @@ print(f"RMS of the residual stream: in {x.pow(2).mean().sqrt():.2f}, out {librar
 # %%
 n_audio = int(encoder_frames(features["mel_lengths"])[0])  # ceil(mel / 2)
 # the stock input: the feature extractor pads the audio with zeros to 30 s (3000 frames)
-mel_30s = model.feature_extractor(clip, sampling_rate=SAMPLE_RATE, return_tensors="pt")["input_features"]
+feature_extractor = model.processor.feature_extractor  # Whisper's own WhisperFeatureExtractor
+mel_30s = feature_extractor(clip, sampling_rate=SAMPLE_RATE, return_tensors="pt")["input_features"]
 
 
 def residual_stream(features: torch.Tensor, n_frames: int) -> list[torch.Tensor]:

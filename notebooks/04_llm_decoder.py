@@ -19,6 +19,11 @@
 # model first, then at the prompt with the audio prefix, at its attention, at the KV cache that makes
 # generation cheap, and at greedy vs beam search. We finish with the alternatives: shallow fusion and
 # CTC.
+#
+# Two objects share the work, as in transformers' audio LLMs (Qwen2-Audio, Voxtral): the **processor**
+# (`model.processor`: Whisper's feature extractor, the LLM's tokenizer, the prompt builder) turns
+# audio and text into tensors and generated ids back into text; the **model** takes tensors and
+# returns tensors (a loss, logits, or token ids).
 
 # %%
 # %matplotlib inline
@@ -31,9 +36,9 @@ import matplotlib.pyplot as plt
 import torch
 
 from asr.audio import load_audio
+from asr.inference import default_model, load_model
 from asr.synth import synthesize
 from asr.trace import decoder_attentions
-from asr.inference import default_model, load_model
 
 DEFAULT_MODEL = default_model()  # checkpoints/offline of this repository
 
@@ -41,7 +46,8 @@ torch.set_num_threads(1)
 torch.manual_seed(0)
 trained = (DEFAULT_MODEL / "config.json").is_file()
 model = load_model(DEFAULT_MODEL)
-decoder, tokenizer = model.decoder, model.tokenizer
+processor = model.processor
+decoder, tokenizer = model.decoder, processor.tokenizer
 print(f"model: {'trained checkpoint' if trained else 'UNTRAINED projector: transcripts will be nonsense'}")
 
 DATA = Path.cwd().resolve().parent.parent / "shared" / "data"
@@ -52,7 +58,7 @@ if MANIFEST.is_file():
 else:
     reference = "kate loves china"
     clip = synthesize(reference)
-features = model.features([clip])
+features = processor.features([clip])  # {input_features (1, 80, T), mel_lengths (1,)}
 print(f"clip: {len(clip) / 16000:.2f} s, reference {reference!r}")
 
 # %% [markdown]
@@ -115,16 +121,19 @@ print(
 # %% [markdown]
 # ## 3. The prompt with its audio prefix
 #
-# `PromptBuilder` writes the chat template around the audio slots; the model replaces the slots'
-# embeddings with the projector's output (`ASRModel.merge`) and the LLM continues after
-# `<|im_start|>assistant`. A *context* (hot words, the previous sentence) goes into the user turn.
+# The processor's `PromptBuilder` (`processor.prompt_builder`) writes the chat template around the
+# audio slots; the model replaces the slots' embeddings with the projector's output
+# (`ASRModel.merge`) and the LLM continues after `<|im_start|>assistant`. A *context* (hot words, the
+# previous sentence) goes into the user turn. The processor knows how many slots to reserve before
+# the model runs: `ceil(encoder frames / k)` (`processor.audio_positions`).
 
 # %%
 frames, lengths = model.encode(features["input_features"], features["mel_lengths"])
 audio, positions = model.project(frames, lengths)
 n_audio = int(positions[0])
+assert processor.audio_positions(lengths) == [n_audio]  # the processor's count = the projector's
 for context in (None, "Kate, China, Seattle"):
-    prompt = model.prompts.build(n_audio, context=context)
+    prompt = processor.prompt_builder.build(n_audio, context=context)
     text_tokens = len(prompt.input_ids) - n_audio
     print(f"context={context!r}: {len(prompt.input_ids)} positions = {n_audio} audio + {text_tokens} text")
 first_audio = prompt.audio_mask.index(True)
@@ -142,7 +151,7 @@ for i, (tid, is_audio) in enumerate(zip(prompt.input_ids, prompt.audio_mask, str
 # positions (the rest goes to the text of the prompt and to previous transcript tokens).
 
 # %%
-example = model.prompts.build(n_audio, transcript=reference.lower())
+example = processor.prompt_builder.build(n_audio, transcript=reference.lower())
 ids = torch.tensor([example.input_ids])
 mask = torch.tensor([example.audio_mask])
 with torch.no_grad():
@@ -188,7 +197,7 @@ plt.show()
 @torch.no_grad()
 def greedy(n_tokens: int, use_cache: bool) -> tuple[list[int], object]:
     """Our own greedy loop on the audio prompt (no repetition penalty)."""
-    batch = model.prompts.collate([model.prompts.build(n_audio)], padding_side="left")
+    batch = processor.prompts([n_audio], padding_side="left")  # input_ids, audio_mask, ...
     embeds = model.merge(batch["input_ids"], batch["audio_mask"], audio, positions)
     out = decoder(inputs_embeds=embeds, use_cache=use_cache)
     tokens, cache = [], out.past_key_values
@@ -228,9 +237,14 @@ print(
     f"{per_position:,d} bytes per position; {cache.get_seq_length()} positions = {per_position * cache.get_seq_length() / 2**20:.2f} MiB"
 )
 
-ours = tokenizer.decode(tokens, skip_special_tokens=True).strip()
-library = model.generate(**features, max_new_tokens=N, repetition_penalty=1.0)[0]
-print(f"\nour loop : {ours!r}\ngenerate : {library!r}\nidentical: {ours == library}")
+# the library path, in three steps: processor -> tensors, model -> token ids, processor -> text
+inputs = processor(audio=[clip])  # features + left-padded prompt: everything generate needs
+print("\nprocessor(audio=[clip]):", {k: tuple(v.shape) for k, v in inputs.items()})
+ids = model.generate(**inputs, max_new_tokens=N, repetition_penalty=1.0)  # no penalty, like our loop
+print(f"model.generate: token ids {tuple(ids.shape)}")
+ours = processor.decode(tokens)
+library = processor.batch_decode(ids)[0]
+print(f"our loop : {ours!r}\ngenerate : {library!r}\nidentical: {ours == library}")
 
 # %% [markdown]
 # ## 6. Greedy vs beam search
@@ -239,11 +253,20 @@ print(f"\nour loop : {ours!r}\ngenerate : {library!r}\nidentical: {ours == libra
 # log-probability and extends each. It finds higher-probability outputs at *B* times the compute.
 # For ASR with a strong acoustic signal the gain is usually small; with an LLM decoder it also
 # favours shorter outputs (length normalisation matters).
+#
+# Decoding options are not part of the architecture: they live in `model.decoding` (an
+# `asr.generation.DecodingConfig`, saved beside a checkpoint as `generation_config.json`), and any of
+# them can be overridden for one call (`num_beams=4`, `repetition_penalty=1.1`, ...). Without
+# `max_new_tokens`, each clip's cap is `max_new_tokens_base + ceil(max_new_tokens_per_second x
+# seconds)`. The weights, the processor and its tensors stay the same: only the search changes.
 
 # %%
+print(model.decoding)
+print(f"cap for this clip: {model.max_new_tokens_for(inputs['mel_lengths'])} new tokens")
 for beams in (1, 4):
     start = time.perf_counter()
-    text = model.generate(**features, num_beams=beams, max_new_tokens=N)[0]
+    ids = model.generate(**inputs, num_beams=beams, max_new_tokens=N)  # same tensors, another search
+    text = processor.batch_decode(ids)[0]
     print(f"num_beams={beams}: {time.perf_counter() - start:5.2f} s  {text!r}")
 print(f"reference          {reference!r}")
 
@@ -302,13 +325,15 @@ print(
 # ## Exercises (about 40 minutes)
 #
 # 1. Extend `greedy` with a repetition penalty (divide positive logits of already generated tokens by
-#    1.1, multiply negative ones) and check it against `model.generate(..., max_new_tokens=N)`.
+#    1.1, multiply negative ones) and check it against
+#    `model.generate(**inputs, max_new_tokens=N, repetition_penalty=1.1)`.
 # 2. Time `greedy(N, use_cache)` for N = 8, 16, 32, 64 with and without cache and plot the curves.
 #    Which one is linear, which one quadratic?
 # 3. How large is the KV cache for a 30 s clip (300 audio positions + 34 prompt tokens + 200 generated)
 #    in float32 and in bfloat16? For SmolLM3-3B (36 layers, 4 KV heads of 128)?
-# 4. Put a context (`model.generate(**features, context="Kate, China")`) and compare the attention
-#    audio share by layer with and without it.
+# 4. Put a context (`processor(audio=[clip], context="Kate, China")`, or
+#    `processor.prompt_builder.build(n_audio, transcript=..., context=...)` for section 4) and compare
+#    the attention audio share by layer with and without it.
 # 5. Shallow fusion: find λ where the decision flips in section 7. What does β (a length bonus) do?
 # 6. CTC: change `frames_path` to `"kkaaatteee____"`. What does greedy collapsing give? Why does CTC
 #    need the blank to spell "letter"?

@@ -22,6 +22,10 @@
 # in about a minute. That is enough to watch the loss fall and the model memorise its training clips;
 # it is not enough to generalise (the held-out clip shows it). The full recipe (`make train`,
 # `train.py`) is the same loop over thousands of clips.
+#
+# Two objects share the work: the **processor** (`model.processor`) turns audio and text into tensors
+# (log-mel features, prompt ids, masks, labels) and generated ids back into text; the **model** takes
+# tensors and returns tensors (the loss, logits, or token ids). Training only ever touches the second.
 
 # %%
 # %matplotlib inline
@@ -39,6 +43,7 @@ from asr.synth import synthesize
 torch.set_num_threads(1)
 torch.manual_seed(0)
 model = ASRModel.from_sources(ASRConfig()).eval()  # fresh, untrained projector
+processor = model.processor  # feature extractor + tokenizer + prompt builder
 
 train_texts = ["one two three", "hello world", "open the door"]
 held_out_text = "open the window"
@@ -58,7 +63,7 @@ start = time.perf_counter()
 cache = []
 with torch.no_grad():
     for clip in clips:
-        features = model.features([clip])
+        features = processor.features([clip])  # processor: audio -> log-mel tensors
         frames, lengths = model.encode(features["input_features"], features["mel_lengths"])
         cache.append(frames[0, : int(lengths[0])])
 print(
@@ -67,16 +72,17 @@ print(
 
 
 def batch(indices: list[int], with_transcript: bool = True) -> dict[str, torch.Tensor]:
-    """Encoder frames + prompts for some clips, exactly as the training collator builds them."""
+    """Encoder frames + prompts for some clips, exactly as the training collator
+    (`asr.data.Collator`) builds them: the processor makes the prompt tensors."""
     frames = pad_sequence([cache[i] for i in indices], batch_first=True)
     lengths = torch.tensor([len(cache[i]) for i in indices])
-    positions = model.projector.output_length(lengths)
+    n_audio = processor.audio_positions(lengths)  # ceil(frames / k) slots for each clip
     texts = [*train_texts, held_out_text]
-    prompts = [
-        model.prompts.build(int(n), transcript=texts[i] if with_transcript else None)
-        for n, i in zip(positions, indices, strict=True)
-    ]
-    return {**model.prompts.collate(prompts), "encoder_frames": frames, "encoder_lengths": lengths}
+    if with_transcript:  # training: transcripts appended as labels, right-padded
+        prompts = processor.prompts(n_audio, texts=[texts[i] for i in indices], padding_side="right")
+    else:  # generation: each prompt ends where the answer begins, left-padded, no labels
+        prompts = processor.prompts(n_audio, padding_side="left")
+    return {**prompts, "encoder_frames": frames, "encoder_lengths": lengths}
 
 
 # %% [markdown]
@@ -96,7 +102,13 @@ for i in range(len(ids)):
     if audio[i] and not audio[i - 1]:
         print(f"{i:4d}  AUDIO   -100   ... {int(audio.sum())} slots ...")
     elif not audio[i] and (i > len(ids) - 16 or i < 3):
-        print(f"{i:4d}         {int(labels[i]):5d}   {model.tokenizer.decode([int(ids[i])])!r}")
+        print(f"{i:4d}         {int(labels[i]):5d}   {processor.tokenizer.decode([int(ids[i])])!r}")
+
+# from audio instead of cached frames, one call makes the whole training batch: features + the same
+# prompt tensors (what `model(**batch)` needs for the loss)
+full = processor(audio=[clips[1]], text=[train_texts[1]])
+print("processor(audio=..., text=...):", {k: tuple(v.shape) for k, v in full.items()})
+assert torch.equal(full["input_ids"], example["input_ids"]) and torch.equal(full["labels"], example["labels"])
 
 # %% [markdown]
 # The model's loss is the mean cross-entropy of *predicting token t+1 from position t*, over the
@@ -163,13 +175,14 @@ plt.show()
 #
 # Transcribe the three training clips and the held-out one. With three clips and 20 steps the
 # projector can only memorise: expect most training sentences back and a guess for the held-out one.
+# The same split as in training: the processor makes the (left-padded) prompts, the model returns
+# token ids, the processor turns them into text.
 
 # %%
 with torch.no_grad():
     b = batch(list(range(4)), with_transcript=False)
-    outputs = model.generate(
-        encoder_frames=b["encoder_frames"], encoder_lengths=b["encoder_lengths"], max_new_tokens=12
-    )
+    ids = model.generate(**b, max_new_tokens=12)  # (4, <= 12) token ids
+outputs = processor.batch_decode(ids)
 for i, (text, output) in enumerate(zip([*train_texts, held_out_text], outputs, strict=True)):
     print(f"{'train' if i < 3 else 'HELD-OUT':8s} reference {text!r:22s} -> {output!r}")
 
@@ -180,7 +193,7 @@ for i, (text, output) in enumerate(zip([*train_texts, held_out_text], outputs, s
 with torch.no_grad():
     logits = model(**example, logits_at_labels=False).logits[0, :-1]
 per_token_after = torch.nn.functional.cross_entropy(logits[keep], shift_labels[keep], reduction="none")
-names = [model.tokenizer.decode([int(t)]) for t in shift_labels[keep]]
+names = [processor.tokenizer.decode([int(t)]) for t in shift_labels[keep]]
 x = np.arange(len(names))
 fig, ax = plt.subplots(figsize=(8, 3.2), layout="constrained")
 ax.bar(x - 0.2, per_token_before.numpy(), width=0.4, label="before training")

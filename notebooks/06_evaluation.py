@@ -35,8 +35,8 @@ import torch
 
 from asr.audio import load_audio
 from asr.evaluate import corpus_wer, normalize, read_manifest, word_counts
-from asr.synth import sentences, synthesize
 from asr.inference import FasterWhisperBackend, ModelBackend, default_model, load_model
+from asr.synth import sentences, synthesize
 
 DEFAULT_MODEL = default_model()  # checkpoints/offline of this repository
 

@@ -253,8 +253,7 @@ class Collator:
         n_audio = self.processor.audio_positions([ex.length for ex in batch])
         contexts = [ex.context for ex in batch]
         if self.generation:
-            out = self.processor.prompts(n_audio, contexts=contexts, padding_side="left")
-            out.pop("labels")
+            out = self.processor.prompts(n_audio, contexts=contexts)
         else:
             texts = [ex.text for ex in batch]
             out = self.processor.prompts(n_audio, texts, contexts, padding_side="right")

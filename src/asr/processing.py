@@ -146,18 +146,22 @@ class ASRProcessor(ProcessorMixin):
         n_audio: list[int],
         texts: list[str] | None = None,
         contexts: list[str | None] | str | None = None,
-        padding_side: str = "left",
+        padding_side: str | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Token ids, attention mask, audio mask (and labels) for clips with ``n_audio``
-        positions; with ``texts`` the transcripts are appended as labels (training, right-padded),
-        without them each prompt ends where the answer begins (generation, left-padded)."""
+        """Token ids, attention mask and audio mask for clips with ``n_audio`` positions; with
+        ``texts`` the transcripts are appended and ``labels`` returned (training: right-padded by
+        default), without them each prompt ends where the answer begins (generation: left-padded
+        by default, as ``generate`` needs)."""
         contexts = contexts if isinstance(contexts, list) else [contexts] * len(n_audio)
         targets = texts if texts is not None else [None] * len(n_audio)
         built = [
             self.prompt_builder.build(n, transcript=t, context=c)
             for n, t, c in zip(n_audio, targets, contexts, strict=True)
         ]
-        return self.prompt_builder.collate(built, padding_side=padding_side)
+        batch = self.prompt_builder.collate(built, padding_side=padding_side or ("right" if texts else "left"))
+        if texts is None:
+            batch.pop("labels")
+        return batch
 
     def __call__(
         self,
@@ -183,10 +187,7 @@ class ASRProcessor(ProcessorMixin):
         texts = [text] if isinstance(text, str) else text
         features = self.features(clips)
         n_audio = self.audio_positions(lengths.encoder_frames(features["mel_lengths"]))
-        prompts = self.prompts(n_audio, texts, context, padding_side="right" if texts else "left")
-        if texts is None:
-            prompts.pop("labels")
-        return BatchFeature({**features, **prompts})
+        return BatchFeature({**features, **self.prompts(n_audio, texts, context)})
 
     def batch_decode(self, ids: torch.Tensor | list[list[int]], **kwargs: Any) -> list[str]:
         """Generated ids -> transcripts (special tokens dropped, whitespace trimmed)."""

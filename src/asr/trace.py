@@ -218,7 +218,7 @@ def trace(
 
     prompt = processor.prompts([n_pos], contexts=[context])
     ids = model.generate(
-        **{k: v.to(model.device) for k, v in prompt.items() if k != "labels"},
+        **{k: v.to(model.device) for k, v in prompt.items()},
         encoder_frames=frames,  # the frames computed above: the encoder runs once
         encoder_lengths=lengths,
         mel_lengths=features["mel_lengths"],
