@@ -37,16 +37,18 @@ import matplotlib.pyplot as plt
 import numpy as np
 import soundfile as sf
 import torch
+from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from asr import ASRConfig, ASRModel
 from asr.audio import AudioError, load_audio
 from asr.data import hotword_context
-from asr.lengths import encoder_frames
 from asr.evaluate import normalize, word_counts
+from asr.inference import FasterWhisperBackend
+from asr.lengths import encoder_frames
 from asr.prompt import IGNORE_INDEX
 from asr.synth import synthesize
-from asr.inference import FasterWhisperBackend
+from asr.training.config import register_configs
 
 torch.set_num_threads(1)
 torch.manual_seed(0)
@@ -56,18 +58,22 @@ DATA = REPO.parent / "shared" / "data"
 # %% [markdown]
 # ## 1. The stage presets
 #
-# Each stage is a Hydra preset in `conf/experiment/`; these are the values `train.py` will use.
+# Each stage is a Hydra preset in `conf/experiment/`. The YAML files hold only what they change;
+# every default lives in the schemas (`asr.training.config`: `TrainingConfig`, and the prompt and
+# decoding options of `PromptConfig` and `DecodingConfig`), so we compose the tree exactly as
+# `train.py` does to read the values it will use.
 
 # %%
+register_configs()
 print(f"{'preset':18s} {'data':10s} {'init_from':22s} {'steps':>6s} {'lr':>8s} {'context':>8s}")
-for stage in ("stage1_own_data", "stage2_public", "stage3_context"):
-    preset = OmegaConf.load(REPO / "conf" / "experiment" / f"{stage}.yaml")
-    data = next(d["override /data"] for d in preset.defaults if "override /data" in d)
-    train = OmegaConf.merge(OmegaConf.load(REPO / "conf" / "training" / "cpu.yaml"), preset.training)
-    print(
-        f"{stage:18s} {data:10s} {train.init_from or '-':22s} {train.max_steps:6d} {train.learning_rate:8.1e} "
-        f"{train.context_prob:8.1f}"
-    )
+with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+    for stage in ("stage1_own_data", "stage2_public", "stage3_context"):
+        cfg = compose("config", overrides=[f"experiment={stage}"], return_hydra_config=True)
+        data, train = cfg.hydra.runtime.choices.data, cfg.training
+        print(
+            f"{stage:18s} {data:10s} {train.init_from or '-':22s} {train.max_steps:6d} "
+            f"{train.learning_rate:8.1e} {train.context_prob:8.1f}"
+        )
 
 # %% [markdown]
 # ## 2. Stage 1: your own data
@@ -188,12 +194,12 @@ print(
 )
 
 clip = synthesize(texts[0])
-features = base.features([clip])
-positions = int(base.projector.output_length(encoder_frames(features["mel_lengths"]))[0])
-prompt = base.prompts.collate([base.prompts.build(positions, transcript=texts[0])])
+inputs = base.processor(audio=[clip], text=[texts[0]])  # features + prompt + labels, as tensors
+positions = int(base.projector.output_length(encoder_frames(inputs["mel_lengths"]))[0])
+assert int(inputs["audio_mask"].sum()) == positions  # the processor reserved one slot per position
 with torch.no_grad():
-    a = base(**prompt, **features).logits
-    b = with_lora(**prompt, **features).logits
+    a = base(**inputs).logits
+    b = with_lora(**inputs).logits
 print(f"max |logits with LoRA - without| at initialisation: {(a - b).abs().max():.1e}  (B = 0)")
 del with_lora
 
@@ -213,10 +219,11 @@ for text in texts[:3]:
     print(f"{text!r:32s} context: {hotword_context(text, vocabulary, rng)!r}")
 
 context = hotword_context(texts[0], vocabulary, rng)
-example = base.prompts.build(10, transcript=texts[0], context=context)
-plain = base.prompts.build(10, transcript=texts[0])
+prompts = base.processor.prompt_builder  # the processor's prompt builder
+example = prompts.build(10, transcript=texts[0], context=context)
+plain = prompts.build(10, transcript=texts[0])
 labelled = [
-    base.tokenizer.decode([t])
+    base.processor.tokenizer.decode([t])
     for t, lab in zip(example.input_ids, example.labels, strict=True)
     if lab != IGNORE_INDEX
 ]

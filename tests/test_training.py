@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import socket
@@ -18,8 +19,13 @@ from conftest import tiny_config, tiny_model
 from asr.cache import EncoderCache, encoder_key
 from asr.config import ASRConfig
 from asr.data import BadRows, Collator, Example, LengthGroupedSampler, prepare_examples, read_manifest
+from asr.generation import DecodingConfig
+from asr.processing import ASRProcessor, PromptConfig
 from asr.prompt import IGNORE_INDEX
-from asr.training import DataConfig, TrainingConfig, build_model, checkpoints, train
+from asr.training import DataConfig, TrainingConfig, train
+from asr.training.checkpoint import checkpoints
+from asr.training.config import ConfigError, configs_from_hydra, model_schema, register_configs
+from asr.training.loop import build_model
 
 WORDS = ["red", "green", "blue", "cat", "dog", "one", "two", "three"]
 
@@ -69,7 +75,8 @@ def test_bad_rows_are_skipped_and_counted_by_name(tmp_path):
     bad = BadRows()
     rows = read_manifest(manifest, bad)
     assert len(rows) == 8 and len(bad) == 2  # empty and missing transcripts caught at read time
-    examples = prepare_examples(rows, tiny_model(), bad, progress=False)
+    model = tiny_model()
+    examples = prepare_examples(rows, model, model.processor, bad, progress=False)
     assert [e.id for e in examples] == ["c0", "c1", "c2"]
     reasons = dict(bad.rows)
     assert len(bad) == 7
@@ -89,12 +96,12 @@ def test_collator_mixed_lengths_and_label_mask():
         Example("a", "red cat", frames=torch.randn(23, model.config.encoder_width)),
         Example("b", "one two three", frames=torch.randn(7, model.config.encoder_width)),
     ]
-    batch = Collator(model.prompts, model.projector.output_length)(examples)
+    batch = Collator(model.processor)(examples)
     assert batch["encoder_frames"].shape == (2, 23, model.config.encoder_width)
     assert batch["encoder_lengths"].tolist() == [23, 7]
     assert torch.all(batch["encoder_frames"][1, 7:] == 0)
     assert batch["audio_mask"].sum(1).tolist() == [-(-23 // k), -(-7 // k)]
-    tok = model.tokenizer
+    tok = model.processor.tokenizer
     for i, text in enumerate(["red cat", "one two three"]):
         labels = batch["labels"][i]
         kept = labels[labels != IGNORE_INDEX]
@@ -134,9 +141,9 @@ def test_encoder_cache_hits_and_invalidation(tmp_path):
     rows = read_manifest(write_corpus(tmp_path / "d", n=4), bad)
     model = tiny_model()
     cache = EncoderCache(tmp_path / "c", model)
-    first = prepare_examples(rows, model, bad, cache, progress=False)
+    first = prepare_examples(rows, model, model.processor, bad, cache, progress=False)
     assert cache.misses == 4 and cache.hits == 0
-    second = prepare_examples(rows, model, bad, cache, progress=False)
+    second = prepare_examples(rows, model, model.processor, bad, cache, progress=False)
     assert cache.hits == 4
     for a, b in zip(first, second, strict=True):
         assert torch.equal(a.frames, b.frames)
@@ -199,6 +206,79 @@ def test_invalid_training_values_name_the_key():
         DataConfig(train=[{"type": "manifest", "path": "x"}], eval=[], max_seconds=45)
 
 
+def _compose(*overrides: str):
+    from hydra import compose, initialize_config_dir
+
+    register_configs()
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def _error_text(error: BaseException) -> str:
+    return f"{error} {error.__cause__ or ''}"
+
+
+def test_hydra_schemas_check_keys_and_types_at_composition():
+    run = configs_from_hydra(_compose())
+    assert run.prompt == PromptConfig() and run.generation == DecodingConfig()
+    assert run.training == TrainingConfig(
+        max_steps=150, learning_rate=2e-3, warmup_steps=20, eval_every=50, save_every=50
+    )
+    assert set(run.model) == {f.name for f in dataclasses.fields(model_schema())}
+    assert set(run.model) == set(inspect.signature(ASRConfig.__init__).parameters) - {"self", "kwargs"}
+    for bad, key in [
+        ("training.bogus=1", "training.bogus"),
+        ("training.max_steps=abc", "training.max_steps"),
+        ("model.projector_stack=x", "model.projector_stack"),
+        ("generation.beams=2", "generation.beams"),
+    ]:
+        with pytest.raises(Exception) as caught:
+            _compose(bad)
+        assert key in _error_text(caught.value), bad
+    with pytest.raises(ConfigError, match="training.bogus"):  # `+` adds it; building the configs refuses
+        configs_from_hydra(_compose("+training.bogus=1"))
+    with pytest.raises(ConfigError, match="missing mandatory value data.train.0.path"):
+        configs_from_hydra(_compose("data=manifest"))
+    with pytest.raises(ValueError, match="generation.num_beams"):
+        configs_from_hydra(_compose("generation.num_beams=0"))
+    own = configs_from_hydra(
+        _compose("data=manifest", "data.train.0.path=a.jsonl", "data.eval.0.path=b.jsonl")
+    )
+    assert own.data.train == [{"type": "manifest", "path": "a.jsonl"}]
+    assert own.data.eval == [{"type": "manifest", "path": "b.jsonl", "limit": 100}]
+
+
+def test_a_stage_trains_with_its_own_prompt_and_decoding_options(tmp_path):
+    """Prompt and decoding options come from their own configs, also on a checkpoint a stage
+    starts from, and the saved model carries them."""
+    manifest = write_corpus(tmp_path / "data", n=4)
+    tiny_model().save_pretrained(tmp_path / "stage1")
+    prompt = PromptConfig(instruction="Write down the words.", system_prompt=None)
+    generation = DecodingConfig(num_beams=2, max_new_tokens_base=4, repetition_penalty=1.0)
+    cfg = TrainingConfig(
+        output_dir=str(tmp_path / "stage2"),
+        init_from=str(tmp_path / "stage1"),
+        max_steps=2,
+        batch_size=2,
+        warmup_steps=1,
+        eval_samples=2,
+        cache_encoder=False,
+        wandb={"mode": "disabled"},
+    )
+    data = DataConfig(
+        train=[{"type": "manifest", "path": str(manifest)}],
+        eval=[{"type": "manifest", "path": str(manifest)}],
+    )
+    summary, model = train(tiny_model_config(), data, cfg, prompt=prompt, generation=generation)
+    assert summary["steps"] == 2 and summary["eval_wer_after"] is not None
+    assert model.decoding == generation and model.processor.prompt_config == prompt
+    saved = ASRProcessor.from_pretrained(tmp_path / "stage2" / "final")
+    assert saved.prompt_config == prompt
+    config = json.loads((tmp_path / "stage2" / "final" / "generation_config.json").read_text())
+    assert config["num_beams"] == 2 and config["max_new_tokens_base"] == 4
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -243,19 +323,19 @@ def test_context_reaches_the_prompt_and_is_masked_from_labels(tmp_path):
     model = tiny_model()
     bad = BadRows()
     rows = read_manifest(write_corpus(tmp_path / "d", n=6), bad)
-    examples = prepare_examples(rows, model, bad, context_prob=1.0, seed=3, progress=False)
+    examples = prepare_examples(rows, model, model.processor, bad, context_prob=1.0, seed=3, progress=False)
     assert all(ex.context for ex in examples)
     # hot words: at least one word of its own transcript is in each context
     assert all(set(ex.context.replace(",", " ").split()) & set(ex.text.split()) for ex in examples)
-    batch = Collator(model.prompts, model.projector.output_length)(examples[:2])
-    tok = model.tokenizer
+    batch = Collator(model.processor)(examples[:2])
+    tok = model.processor.tokenizer
     for i, ex in enumerate(examples[:2]):
         n = int(batch["attention_mask"][i].sum())
         text = tok.decode(batch["input_ids"][i, :n])
         assert f"Context: {ex.context}" in text
         labels = batch["labels"][i]
         assert tok.decode(labels[labels != IGNORE_INDEX]) == ex.text + tok.eos_token
-    no_context = prepare_examples(rows, model, bad, context_prob=0.0, progress=False)
+    no_context = prepare_examples(rows, model, model.processor, bad, context_prob=0.0, progress=False)
     assert not any(ex.context for ex in no_context)
 
 
@@ -296,16 +376,20 @@ def test_a_stage_adds_lora_to_a_projector_checkpoint(tmp_path):
     torch.manual_seed(0)  # the random frozen parts are rebuilt from the seed
     lora = {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]}
     stage2 = build_model({**tiny_model_config(), "lora": lora}, str(tmp_path / "stage1")).eval()
-    assert stage2.config.lora["r"] == 4 and stage2.config.projector_output_rms == stage1.config.projector_output_rms
+    assert (
+        stage2.config.lora["r"] == 4
+        and stage2.config.projector_output_rms == stage1.config.projector_output_rms
+    )
     trainable = {n for n, p in stage2.named_parameters() if p.requires_grad}
     adapters = {n for n in trainable if ".lora_" in n}
     assert adapters and trainable - adapters == {n for n in stage1.trainable_state_dict()}
     for name, value in stage1.trainable_state_dict().items():
         torch.testing.assert_close(stage2.get_parameter(name), value)
-    features = stage1.features([tone(1.0, 440.0), tone(0.6, 660.0)])
+    features = stage1.processor.features([tone(1.0, 440.0), tone(0.6, 660.0)])
     frames, lengths = stage1.encode(features["input_features"], features["mel_lengths"])
-    prompts = [stage1.prompts.build(int(n), "one two") for n in stage1.projector.output_length(lengths)]
-    batch = {**stage1.prompts.collate(prompts), "encoder_frames": frames, "encoder_lengths": lengths}
+    n_audio = [int(n) for n in stage1.projector.output_length(lengths)]
+    prompts = stage1.processor.prompts(n_audio, ["one two"] * len(n_audio), padding_side="right")
+    batch = {**prompts, "encoder_frames": frames, "encoder_lengths": lengths}
     batch.pop("labels")
     with torch.no_grad():
         torch.testing.assert_close(stage2(**batch).logits, stage1(**batch).logits)

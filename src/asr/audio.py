@@ -69,9 +69,8 @@ def _decode(path: Path) -> tuple[np.ndarray, int]:
             raise AudioError(f"{path}: cannot decode audio ({sf_err}; fallback: {reason})") from err
 
 
-def to_mono_16k(samples: np.ndarray, rate: int, name: str = "<array>") -> np.ndarray:
-    """Mix channels down and resample to 16 kHz; ``samples`` is (n,) or (channels, n), float in
-    [-1, 1] or signed integer PCM (scaled to [-1, 1), as soundfile does)."""
+def _as_float32(samples: np.ndarray, name: str) -> np.ndarray:
+    """float32 samples in [-1, 1] from a numpy array or torch tensor of float or PCM samples."""
     if hasattr(samples, "detach"):  # a torch tensor
         samples = samples.detach().cpu().numpy()
     if not isinstance(samples, np.ndarray):
@@ -83,7 +82,13 @@ def to_mono_16k(samples: np.ndarray, rate: int, name: str = "<array>") -> np.nda
         samples = samples / half - 1.0
     elif not np.issubdtype(samples.dtype, np.floating):
         raise AudioError(f"{name}: expected float or integer PCM samples, got dtype {samples.dtype}")
-    samples = samples.astype(np.float32, copy=False)
+    return samples.astype(np.float32, copy=False)
+
+
+def to_mono_16k(samples: np.ndarray, rate: int, name: str = "<array>") -> np.ndarray:
+    """Mix channels down and resample to 16 kHz; ``samples`` is (n,) or (channels, n), float in
+    [-1, 1] or integer PCM (scaled to [-1, 1), as soundfile does)."""
+    samples = _as_float32(samples, name)
     if samples.size == 0:
         raise AudioError(f"{name}: no audio samples")
     if samples.ndim == 2:

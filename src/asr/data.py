@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from asr.lengths import SAMPLE_RATE, encoder_frames
 from asr.audio import AudioError, is_silent, load_audio
+from asr.lengths import SAMPLE_RATE, encoder_frames
 from asr.processing import ASRProcessor
 
 log = logging.getLogger(__name__)
@@ -346,6 +346,27 @@ def hotword_context(text: str, vocabulary: list[str], rng: random.Random) -> str
     return ", ".join(dict.fromkeys(picked))
 
 
+def _unusable(  # noqa: PLR0913 - the row and the limits it is checked against
+    audio: np.ndarray,
+    text: str,
+    row: dict[str, Any],
+    bad: BadRows,
+    processor: ASRProcessor,
+    max_chars_per_second: float,
+    max_label_tokens: int,
+) -> bool:
+    """Whether a decoded row cannot train the model (silent, or a transcript its audio cannot
+    hold); the reason goes to ``bad``."""
+    seconds = len(audio) / SAMPLE_RATE
+    reason = "silent audio: RMS below -60 dBFS" if is_silent(audio) else None
+    reason = reason or implausible_transcript(
+        text, seconds, processor.tokenizer, max_chars_per_second, max_label_tokens
+    )
+    if reason:
+        bad.add(str(row["audio"]), reason)
+    return reason is not None
+
+
 def prepare_examples(
     rows: list[dict[str, Any]],
     model: Any,
@@ -378,18 +399,11 @@ def prepare_examples(
     pending: list[tuple[dict[str, Any], np.ndarray, str]] = []
     for row in tqdm(rows, desc="reading audio", disable=not progress):
         audio = load_clip(row, bad, max_seconds)
-        if audio is None:
-            continue
-        if is_silent(audio):
-            bad.add(str(row["audio"]), "silent audio: RMS below -60 dBFS")
-            continue
         text = normalize_target(row["text"], text_normalization)
-        seconds = len(audio) / SAMPLE_RATE
-        reason = implausible_transcript(text, seconds, processor.tokenizer, max_chars_per_second, max_label_tokens)
-        if reason:
-            bad.add(str(row["audio"]), reason)
-            continue
-        pending.append((row, audio, text))
+        if audio is not None and not _unusable(
+            audio, text, row, bad, processor, max_chars_per_second, max_label_tokens
+        ):
+            pending.append((row, audio, text))
     contexts = [
         hotword_context(t, vocabulary, rng) if rng.random() < context_prob else row.get("context")
         for row, _, t in pending

@@ -1,0 +1,197 @@
+"""Every `train.py` command the docs show composes into a run's configs.
+
+The commands are read from README.md, curriculum/*.md and checkpoints/*/README.md (code blocks and
+inline code; `poetry run python train.py`, `python train.py`, `make train ARGS="..."`, `torchrun ...
+train.py`, `accelerate launch ... train.py`). Each one's overrides are composed with Hydra in-process
+and turned into the config objects by the function train.py uses (so every check runs), without
+training. Placeholder paths (`my/train.jsonl`) become a real tiny manifest. One command also runs
+through the CLI (`--cfg job`) in a subprocess.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from hydra import compose, initialize_config_dir
+
+from asr.training.config import configs_from_hydra, register_configs
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ["README.md", *sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "curriculum").glob("*.md"))]
+DOCS += sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "checkpoints").glob("*/README.md"))
+
+# how a command may start; the overrides follow `train.py` (or ARGS="..." for make)
+LAUNCHERS = (("poetry", "run", "python"), ("python",), ("python3",), ("torchrun",), ("accelerate", "launch"))
+PLACEHOLDER = re.compile(r"^(my/|<.*>$)")
+
+
+@dataclass(frozen=True)
+class DocCommand:
+    file: str
+    line: int
+    text: str
+    overrides: tuple[str, ...]
+    launcher_options: tuple[str, ...] = ()
+
+    @property
+    def where(self) -> str:
+        return f"{self.file}:{self.line}"
+
+
+def parse_command(text: str) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
+    """``(overrides, launcher options)`` of a shell command that runs train.py, else None."""
+    try:
+        tokens = shlex.split(text, comments=True)
+    except ValueError:
+        return None
+    tokens = [t for t in tokens if t not in ("...", "…")]  # "train.py ..." : any overrides
+    if tokens[:2] == ["make", "train"]:
+        args = [t.split("=", 1)[1] for t in tokens[2:] if t.startswith("ARGS=")]
+        return tuple(shlex.split(" ".join(args))), ()
+    if not any(tuple(tokens[: len(prefix)]) == prefix for prefix in LAUNCHERS):
+        return None
+    at = [i for i, t in enumerate(tokens) if t == "train.py" or t.endswith("/train.py")]
+    if not at:
+        return None
+    return tuple(tokens[at[0] + 1 :]), tuple(tokens[: at[0]])
+
+
+def doc_commands(markdown: str, file: str) -> list[DocCommand]:
+    """The train.py commands of a markdown text: lines of code blocks (``\\`` continuations
+    joined) and inline code spans, each with its line number."""
+    found: list[DocCommand] = []
+    in_block, pending, start = False, "", 0
+    for number, line in enumerate(markdown.splitlines(), 1):
+        if line.lstrip().startswith("```"):
+            in_block, pending = not in_block, ""
+            continue
+        if in_block:
+            start = start if pending else number
+            pending += line.rstrip()
+            if pending.endswith("\\"):
+                pending = pending[:-1] + " "
+                continue
+            candidates, pending = [(pending, start)], ""
+        else:
+            candidates = [(span, number) for span in re.findall(r"`([^`]+)`", line)]
+        for text, at in candidates:
+            parsed = parse_command(text.strip())
+            if parsed is not None:
+                found.append(DocCommand(file, at, text.strip(), *parsed))
+    return found
+
+
+def all_doc_commands() -> list[DocCommand]:
+    return [c for doc in DOCS for c in doc_commands((ROOT / doc).read_text(), doc)]
+
+
+COMMANDS = all_doc_commands()
+
+
+def _ids(commands: list[DocCommand]) -> list[str]:
+    seen: dict[str, int] = {}
+    ids = []
+    for c in commands:
+        seen[c.where] = seen.get(c.where, 0) + 1
+        ids.append(c.where if seen[c.where] == 1 else f"{c.where}#{seen[c.where]}")
+    return ids
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory) -> Path:
+    """A real tiny manifest: one clip and its transcript."""
+    folder = tmp_path_factory.mktemp("docs-data")
+    t = np.arange(16000) / 16000
+    sf.write(folder / "a.wav", (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), 16000)
+    path = folder / "train.jsonl"
+    path.write_text(json.dumps({"audio": "a.wav", "text": "red cat"}) + "\n")
+    return path
+
+
+def substitute(overrides: tuple[str, ...], manifest: Path) -> list[str]:
+    """Placeholder values (``my/train.jsonl``, ``<checkpoint>``) -> the tiny manifest's path."""
+    out = []
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        out.append(f"{key}={manifest}" if sep and PLACEHOLDER.match(value) else override)
+    return out
+
+
+def compose_run(overrides: list[str]):
+    register_configs()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides)
+    return configs_from_hydra(cfg)
+
+
+def test_the_docs_show_train_commands():
+    kinds = {c.text.split()[0] for c in COMMANDS}
+    assert any(c.file == "README.md" for c in COMMANDS), "no train.py command found in README.md"
+    assert {"poetry", "make"} <= kinds, kinds
+
+
+def test_command_extraction_handles_every_launcher():
+    markdown = "\n".join(
+        [
+            'Run `make train ARGS="training.max_steps=300 model=offline_lora"` or `src/asr/training/`.',
+            "```bash",
+            "poetry run python train.py experiment=local_corpus   # a comment",
+            "torchrun --nproc_per_node 2 train.py ...",
+            "accelerate launch --config_file conf/accelerate/fsdp.yaml train.py \\",
+            "    experiment=flagship",
+            "python benchmarks/train_throughput.py --steps 3",
+            "make train",
+            "```",
+            "| what `train.py` does |",
+        ]
+    )
+    found = [(c.line, c.overrides, c.launcher_options) for c in doc_commands(markdown, "x.md")]
+    assert found == [
+        (1, ("training.max_steps=300", "model=offline_lora"), ()),
+        (3, ("experiment=local_corpus",), ("poetry", "run", "python")),
+        (4, (), ("torchrun", "--nproc_per_node", "2")),
+        (5, ("experiment=flagship",), ("accelerate", "launch", "--config_file", "conf/accelerate/fsdp.yaml")),
+        (8, (), ()),
+    ]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=_ids(COMMANDS))
+def test_doc_command_composes(command: DocCommand, manifest: Path):
+    options = list(command.launcher_options)
+    if "--config_file" in options:  # accelerate's config must exist too
+        config_file = ROOT / options[options.index("--config_file") + 1]
+        assert config_file.is_file(), f"{command.where}: `{command.text}`: {config_file} does not exist"
+    overrides = substitute(command.overrides, manifest)
+    try:
+        run = compose_run(overrides)
+    except Exception as error:  # noqa: BLE001 (any failure is the docs' failure, reported with its place)
+        cause = f"\n{error.__cause__}" if error.__cause__ else ""
+        pytest.fail(
+            f"{command.where}: `{command.text}` does not compose:\n{type(error).__name__}: {error}{cause}"
+        )
+    for override in overrides:
+        if override.endswith(f"={manifest}"):
+            assert str(manifest) in json.dumps([run.data.train, run.data.eval]), override
+
+
+def test_a_doc_command_runs_through_the_cli(manifest: Path):
+    """The README's own-data command, end to end through train.py (`--cfg job`: no training)."""
+    command = next(c for c in COMMANDS if c.file == "README.md" and "data=manifest" in c.overrides)
+    result = subprocess.run(
+        [sys.executable, "train.py", *substitute(command.overrides, manifest), "--cfg", "job"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, f"{command.where}: `{command.text}`\n{result.stderr[-3000:]}"
+    assert f"path: {manifest}" in result.stdout and "max_new_tokens_base: 16" in result.stdout
