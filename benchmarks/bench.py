@@ -36,8 +36,8 @@ from tqdm.auto import tqdm
 
 from asr.audio import load_audio
 from asr.evaluate import corpus_wer, read_manifest
-from asr.sources import packaged_whisper_dir
 from asr.inference import FASTER_WHISPER, FASTER_WHISPER_OPTIONS, Transcriber, default_model, load_model
+from asr.sources import packaged_whisper_dir
 
 PARTS = ("runs", "startup", "profile")  # speed/memory per configuration, startup time, our model's profile
 ROOT = Path(__file__).resolve().parents[1]
@@ -183,7 +183,7 @@ def _spawn(mode: str, spec: dict[str, Any], timeout: float) -> dict[str, Any]:
             env=_env(spec["threads"]),
         )
     finally:
-        os.unlink(spec_file)
+        Path(spec_file).unlink()
     if proc.returncode != 0:
         return {"error": (proc.stderr or proc.stdout).strip().splitlines()[-1:], "spec_model": spec["model"]}
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -237,7 +237,7 @@ def _startup(model: str, base: dict[str, Any], timeout: float) -> dict[str, floa
             ),
         }
     finally:
-        os.unlink(spec_file)
+        Path(spec_file).unlink()
 
 
 def format_tables(report: dict[str, Any]) -> str:

@@ -20,13 +20,31 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 def tiny_config(**overrides) -> ASRConfig:
     """A small random Whisper encoder and Llama decoder; the tokenizer is the real SmolLM2 one."""
     encoder = WhisperConfig(
-        d_model=64, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=128, num_mel_bins=80,
-        decoder_layers=1, decoder_attention_heads=4, decoder_ffn_dim=128, vocab_size=128,
-        pad_token_id=0, bos_token_id=0, eos_token_id=0, decoder_start_token_id=1,
+        d_model=64,
+        encoder_layers=2,
+        encoder_attention_heads=4,
+        encoder_ffn_dim=128,
+        num_mel_bins=80,
+        decoder_layers=1,
+        decoder_attention_heads=4,
+        decoder_ffn_dim=128,
+        vocab_size=128,
+        pad_token_id=0,
+        bos_token_id=0,
+        eos_token_id=0,
+        decoder_start_token_id=1,
     )
     decoder = LlamaConfig(
-        vocab_size=49152, hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2,
+        vocab_size=49152,
+        hidden_size=48,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
     )
     args = {
         "encoder_source": "random",

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import tiny_config, tiny_model, speechlike
+from conftest import speechlike, tiny_config, tiny_model
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))  # the harness is a repository script, not part of the asr package
@@ -72,8 +72,8 @@ def test_peak_rss_is_this_process() -> None:
 @pytest.mark.real
 def test_faster_whisper_worker_is_standalone(spec: dict, tmp_path: Path) -> None:
     """The baseline's worker imports faster-whisper only: no torch in its memory or its startup."""
-    from asr.sources import packaged_whisper_dir
     from asr.inference import FASTER_WHISPER_OPTIONS
+    from asr.sources import packaged_whisper_dir
 
     fw = {**spec, "model": "faster-whisper", "compute_type": "int8", "options": FASTER_WHISPER_OPTIONS}
     fw["model_dir"] = str(packaged_whisper_dir())

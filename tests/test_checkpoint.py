@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -55,11 +54,18 @@ def test_shipped_checkpoint_transcribes_real_speech(shipped, shared_data):
 # Transcripts of the first speechocean762 dev clips, one clip at a time, by the checkpoint as
 # shipped before the processor/generation-config refactor (commit d9a345f): the refactor moved
 # code, not behaviour.
-BEFORE_REFACTOR = ["mike is going to see a fish", "kate love camel", "two six four eight", "seven three four two"]
+BEFORE_REFACTOR = [
+    "mike is going to see a fish",
+    "kate love camel",
+    "two six four eight",
+    "seven three four two",
+]
 
 
 def test_transcripts_unchanged_by_the_refactor(shipped, shared_data):
-    rows = [json.loads(line) for line in (shared_data / "speechocean762.dev.jsonl").read_text().splitlines()][:4]
+    rows = [json.loads(line) for line in (shared_data / "speechocean762.dev.jsonl").read_text().splitlines()][
+        :4
+    ]
     hyps = [shipped.transcribe([load_audio(shared_data / r["audio"])])[0] for r in rows]
     assert hyps == BEFORE_REFACTOR
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import tiny_config, tiny_model, speechlike
+from conftest import speechlike, tiny_config, tiny_model
 
 from asr import cli
 

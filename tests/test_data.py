@@ -33,7 +33,7 @@ def test_misaligned_transcript_is_skipped_by_name(tmp_path: Path) -> None:
     model = tiny_model()
     examples = prepare_examples(read_manifest(manifest, bad), model, model.processor, bad, progress=False)
     assert [e.id for e in examples] == ["ok", "short"]
-    (name, reason), = bad.rows
+    ((name, reason),) = bad.rows
     assert name.endswith("misaligned.wav")
     assert reason == "implausible transcript: 9999 characters for 2.00 s of audio (at most 100)"
 

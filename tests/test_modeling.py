@@ -92,7 +92,9 @@ def test_loss_ignores_everything_but_the_target(tiny: ASRModel, batch_audio) -> 
 
 
 @pytest.mark.parametrize("lora", [None, {"r": 4, "target_modules": ["q_proj", "k_proj", "v_proj"]}])
-def test_shared_prompt_head_and_label_only_head_give_the_same_gradients(batch_audio, lora: dict | None) -> None:
+def test_shared_prompt_head_and_label_only_head_give_the_same_gradients(
+    batch_audio, lora: dict | None
+) -> None:
     """The shortcuts of the training forward change no number: loss and every trainable
     gradient (projector, and LoRA adapters whose keys/values the shared head depends on)."""
     tiny = tiny_model(lora=lora)
@@ -104,7 +106,9 @@ def test_shared_prompt_head_and_label_only_head_give_the_same_gradients(batch_au
     batch = training_batch(tiny, batch_audio, ["one two three", "four", "five six seven eight", "nine"])
     first_audio = int(batch["audio_mask"][0].float().argmax())  # the chat template + system prompt
     assert first_audio > 10
-    assert shared_prefix_length(batch["input_ids"], batch["attention_mask"], batch["audio_mask"]) == first_audio
+    assert (
+        shared_prefix_length(batch["input_ids"], batch["attention_mask"], batch["audio_mask"]) == first_audio
+    )
     left = tiny.processor.prompts([3, 5], padding_side="left")
     assert shared_prefix_length(left["input_ids"], left["attention_mask"], left["audio_mask"]) == 0
     grads = []
@@ -178,7 +182,9 @@ def test_batched_generation_equals_one_by_one(
 def test_generation_with_context(tiny: ASRModel, batch_audio) -> None:
     processor = tiny.processor
     contexts = ["names: Kate", None]
-    batched = processor.batch_decode(tiny.generate(**processor(audio=batch_audio[:2], context=contexts), **VISIBLE))
+    batched = processor.batch_decode(
+        tiny.generate(**processor(audio=batch_audio[:2], context=contexts), **VISIBLE)
+    )
     alone = [
         processor.batch_decode(tiny.generate(**processor(audio=[a], context=c), **VISIBLE))[0]
         for a, c in zip(batch_audio[:2], contexts, strict=True)
@@ -219,7 +225,12 @@ def test_save_and_reload(tmp_path: Path, batch_audio, lora: dict | None) -> None
                 p.add_(torch.randn_like(p) * 0.01)
     model.save_pretrained(tmp_path)
     saved_files = {f.name for f in tmp_path.iterdir()}
-    assert {"config.json", "model.safetensors", "generation_config.json", "processor_config.json"} <= saved_files
+    assert {
+        "config.json",
+        "model.safetensors",
+        "generation_config.json",
+        "processor_config.json",
+    } <= saved_files
     assert {"tokenizer.json", "tokenizer_config.json"} <= saved_files  # the processor's: a complete folder
     assert not [f for f in saved_files if f.endswith(".tmp")]
     state = load_file(str(tmp_path / "model.safetensors"))

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_config, tiny_model, speechlike
+from conftest import speechlike, tiny_config, tiny_model
 from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration, pipeline
-from transformers.pipelines.automatic_speech_recognition import AutomaticSpeechRecognitionPipeline
 from transformers.pipelines import PIPELINE_REGISTRY
+from transformers.pipelines.automatic_speech_recognition import AutomaticSpeechRecognitionPipeline
 
 import asr
 from asr import sources

@@ -154,19 +154,19 @@ def _run(manifest: Path, out: Path, **overrides) -> dict:
         train=[{"type": "manifest", "path": str(manifest)}],
         eval=[{"type": "manifest", "path": str(manifest), "limit": 3}],
     )
-    args = dict(
-        output_dir=str(out),
-        max_steps=6,
-        batch_size=3,
-        warmup_steps=2,
-        save_every=3,
-        eval_every=100,
-        eval_samples=3,
-        log_every=1,
-        cache_encoder=False,
-        wandb={"mode": "disabled"},
-        learning_rate=1e-2,
-    )
+    args = {
+        "output_dir": str(out),
+        "max_steps": 6,
+        "batch_size": 3,
+        "warmup_steps": 2,
+        "save_every": 3,
+        "eval_every": 100,
+        "eval_samples": 3,
+        "log_every": 1,
+        "cache_encoder": False,
+        "wandb": {"mode": "disabled"},
+        "learning_rate": 1e-2,
+    }
     summary, model = train(tiny_model_config(), data, TrainingConfig(**{**args, **overrides}))
     return {"summary": summary, "state": model.trainable_state_dict()}
 
@@ -382,7 +382,7 @@ def test_a_stage_adds_lora_to_a_projector_checkpoint(tmp_path):
     )
     trainable = {n for n, p in stage2.named_parameters() if p.requires_grad}
     adapters = {n for n in trainable if ".lora_" in n}
-    assert adapters and trainable - adapters == {n for n in stage1.trainable_state_dict()}
+    assert adapters and trainable - adapters == set(stage1.trainable_state_dict())
     for name, value in stage1.trainable_state_dict().items():
         torch.testing.assert_close(stage2.get_parameter(name), value)
     features = stage1.processor.features([tone(1.0, 440.0), tone(0.6, 660.0)])

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import manifest_rows, tiny_config, tiny_model, speechlike
+from conftest import manifest_rows, speechlike, tiny_config, tiny_model
 
 from asr.audio import SAMPLE_RATE, load_audio
 from asr.evaluate import corpus_wer, normalize
@@ -263,7 +263,10 @@ def test_output_files(tmp_path: Path) -> None:
     written = write_outputs([t, t], tmp_path, ["json", "srt", "txt"])
     assert len(written) == 6
     data = json.loads((tmp_path / "input-0.json").read_text())
-    assert set(data) == {"source", "text", "duration", "segments", "error", "no_speech"} and data["duration"] == 65.0
+    assert (
+        set(data) == {"source", "text", "duration", "segments", "error", "no_speech"}
+        and data["duration"] == 65.0
+    )
     srt = (tmp_path / "input-0.srt").read_text()
     blocks = srt.strip().split("\n\n")
     assert len(blocks) == 3 and blocks[0].splitlines()[0] == "1"

@@ -5,7 +5,15 @@ from asr.generation import DecodingConfig
 from asr.modeling import ASRModel
 from asr.processing import ASRProcessor, PromptConfig
 
-__all__ = ["ASRConfig", "ASRModel", "ASRProcessor", "DecodingConfig", "PACKAGED_SMOLLM2", "PACKAGED_WHISPER", "PromptConfig"]
+__all__ = [
+    "ASRConfig",
+    "ASRModel",
+    "ASRProcessor",
+    "DecodingConfig",
+    "PACKAGED_SMOLLM2",
+    "PACKAGED_WHISPER",
+    "PromptConfig",
+]
 __version__ = "0.1.0"
 
 

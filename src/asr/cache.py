@@ -68,4 +68,4 @@ class EncoderCache:
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
         os.close(fd)
         torch.save(frames.detach().to(torch.float16).cpu().clone(), tmp)
-        os.replace(tmp, path)
+        Path(tmp).replace(path)

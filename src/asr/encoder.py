@@ -31,11 +31,15 @@ class AudioEncoder(nn.Module):
     def width(self) -> int:
         return self.whisper.config.d_model
 
-    def forward(self, input_features: torch.Tensor, mel_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, input_features: torch.Tensor, mel_lengths: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``input_features``: (B, n_mels, T) log-mel, T <= 3000; ``mel_lengths``: (B,) frames
         that hold audio. Returns (B, max(lengths), width) and the per-clip frame counts."""
         if input_features.shape[-1] > self.window:
-            raise ValueError(f"input has {input_features.shape[-1]} mel frames; Whisper's window is {self.window}")
+            raise ValueError(
+                f"input has {input_features.shape[-1]} mel frames; Whisper's window is {self.window}"
+            )
         lengths = encoder_frames(mel_lengths.to(input_features.device))
         if self.mode == "padded":
             frames = self.padded(input_features)

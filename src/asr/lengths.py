@@ -37,4 +37,8 @@ def audio_positions(frames: N, stack: int) -> N:
 
 def seconds(mel_lengths: N) -> float:
     """Duration of ``mel_lengths`` log-mel frames (the longest, for a tensor)."""
-    return float(mel_lengths.max() if isinstance(mel_lengths, torch.Tensor) else mel_lengths) * HOP_LENGTH / SAMPLE_RATE
+    return (
+        float(mel_lengths.max() if isinstance(mel_lengths, torch.Tensor) else mel_lengths)
+        * HOP_LENGTH
+        / SAMPLE_RATE
+    )

@@ -47,7 +47,15 @@ from asr.projector import build_projector
 from asr.prompt import IGNORE_INDEX
 
 WEIGHTS_NAME = "model.safetensors"
-HUB_KWARGS = {"revision", "token", "cache_dir", "local_files_only", "trust_remote_code", "device_map", "subfolder"}
+HUB_KWARGS = {
+    "revision",
+    "token",
+    "cache_dir",
+    "local_files_only",
+    "trust_remote_code",
+    "device_map",
+    "subfolder",
+}
 GENERATION_CONFIG_NAME = "generation_config.json"
 # decoding options that checkpoints saved before the generation config kept in config.json
 LEGACY_DECODING = {  # old name -> DecodingConfig field
@@ -72,7 +80,9 @@ def embedding_rms(decoder: PreTrainedModel) -> float:
     return float(weight.pow(2).mean(-1).sqrt().median())
 
 
-def shared_prefix_length(input_ids: torch.Tensor, attention_mask: torch.Tensor, audio_mask: torch.Tensor) -> int:
+def shared_prefix_length(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor, audio_mask: torch.Tensor
+) -> int:
     """How many leading positions every row shares: same token, attended, before any audio."""
     same = (input_ids == input_ids[:1]).all(0) & attention_mask.bool().all(0) & ~audio_mask.any(0)
     return int(same.int().cumprod(0).sum())
@@ -115,7 +125,9 @@ class ASRModel(PreTrainedModel):
             encoder = WhisperEncoder(WhisperConfig(**config.encoder_config))
         if decoder is None:
             decoder_config = dict(config.decoder_config)
-            decoder = AutoModelForCausalLM.from_config(AutoConfig.for_model(decoder_config.pop("model_type"), **decoder_config))
+            decoder = AutoModelForCausalLM.from_config(
+                AutoConfig.for_model(decoder_config.pop("model_type"), **decoder_config)
+            )
         self.encoder = AudioEncoder(encoder, config.encoder_mode)
         self.decoder = decoder
         self.projector = build_projector(config)
@@ -194,7 +206,9 @@ class ASRModel(PreTrainedModel):
         (``new_lora``: LoRA adapters in ``config`` but not in the checkpoint keep their init)."""
         path = Path(path)
         if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"{path}: no config.json; not a checkpoint saved by ASRModel.save_pretrained")
+            raise FileNotFoundError(
+                f"{path}: no config.json; not a checkpoint saved by ASRModel.save_pretrained"
+            )
         dtype = dtype if isinstance(dtype, torch.dtype) else torch.float32  # "auto", None: as saved (float32)
         # what Auto classes and pipeline() pass along for hub loading; a local folder needs none of it
         kwargs = {k: v for k, v in kwargs.items() if not k.startswith("_") and k not in HUB_KWARGS}
@@ -209,7 +223,9 @@ class ASRModel(PreTrainedModel):
         try:
             state = load_file(str(weights))
         except Exception as err:  # noqa: BLE001 - safetensors' own errors do not name the file
-            raise OSError(f"{weights}: unreadable checkpoint weights ({err}); was the file cut short?") from err
+            raise OSError(
+                f"{weights}: unreadable checkpoint weights ({err}); was the file cut short?"
+            ) from err
         model.load_trainable_state_dict(state, new_lora=new_lora)
         model.set_decoding(load_decoding(path, legacy))
         return model
@@ -237,13 +253,17 @@ class ASRModel(PreTrainedModel):
         if new_lora:
             missing = {name for name in missing if ".lora_" not in name}
         if missing or unexpected:
-            raise ValueError(f"checkpoint does not fit the model: missing={sorted(missing)[:5]} unexpected={sorted(unexpected)[:5]}")
+            raise ValueError(
+                f"checkpoint does not fit the model: missing={sorted(missing)[:5]} unexpected={sorted(unexpected)[:5]}"
+            )
         params = dict(self.named_parameters())
         with torch.no_grad():
             for name, value in state.items():
                 params[name].copy_(value.to(params[name].dtype))
 
-    def save_pretrained(self, save_directory: str | os.PathLike, state_dict: dict | None = None, **_: Any) -> None:
+    def save_pretrained(
+        self, save_directory: str | os.PathLike, state_dict: dict | None = None, **_: Any
+    ) -> None:
         """Write ``config.json``, ``generation_config.json`` and the trainable weights, each
         atomically (temp file + rename), and the attached processor's files."""
         directory = Path(save_directory)
@@ -253,7 +273,7 @@ class ASRModel(PreTrainedModel):
         fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
         os.close(fd)
         save_file({k: v.cpu().contiguous() for k, v in state.items()}, tmp, metadata={"format": "pt"})
-        os.replace(tmp, directory / WEIGHTS_NAME)
+        Path(tmp).replace(directory / WEIGHTS_NAME)
         for name, content in (
             (GENERATION_CONFIG_NAME, self.generation_config.to_json_string(use_diff=True)),
             ("config.json", json.dumps(self.config.to_dict(), indent=2, sort_keys=True)),
@@ -261,13 +281,15 @@ class ASRModel(PreTrainedModel):
             fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
             with os.fdopen(fd, "w") as f:
                 f.write(content)
-            os.replace(tmp, directory / name)
+            Path(tmp).replace(directory / name)
         if self.processor is not None:
             self.processor.save_pretrained(directory)
 
     # ------------------------------------------------------------------ audio -> LLM inputs
 
-    def encode(self, input_features: torch.Tensor, mel_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode(
+        self, input_features: torch.Tensor, mel_lengths: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Encoder frames (B, T, width) with the frames past each clip's length zeroed."""
         frames, lengths = self.encoder(input_features.to(self.encoder.whisper.dtype), mel_lengths)
         keep = torch.arange(frames.shape[1], device=frames.device)[None, :] < lengths[:, None]
@@ -297,13 +319,17 @@ class ASRModel(PreTrainedModel):
     def projector_dtype(self) -> torch.dtype:
         return next(self.projector.parameters()).dtype
 
-    def merge(self, input_ids: torch.Tensor, audio_mask: torch.Tensor, audio: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    def merge(
+        self, input_ids: torch.Tensor, audio_mask: torch.Tensor, audio: torch.Tensor, lengths: torch.Tensor
+    ) -> torch.Tensor:
         """Token embeddings with the audio positions replaced by the projected vectors, in order."""
         embeds = self.decoder.get_input_embeddings()(input_ids)
         valid = torch.arange(audio.shape[1], device=audio.device)[None, :] < lengths[:, None]
         vectors = audio[valid]
         if vectors.shape[0] != int(audio_mask.sum()):
-            raise ValueError(f"prompt has {int(audio_mask.sum())} audio positions, projector gave {vectors.shape[0]}")
+            raise ValueError(
+                f"prompt has {int(audio_mask.sum())} audio positions, projector gave {vectors.shape[0]}"
+            )
         return embeds.masked_scatter(audio_mask[..., None], vectors.to(embeds.dtype))
 
     def forward(
@@ -337,10 +363,19 @@ class ASRModel(PreTrainedModel):
         past = None
         if head:
             past = DynamicCache(config=self.decoder.config)
-            body(inputs_embeds=embeds[:1, :head], attention_mask=attention_mask[:1, :head], past_key_values=past, use_cache=True)
+            body(
+                inputs_embeds=embeds[:1, :head],
+                attention_mask=attention_mask[:1, :head],
+                past_key_values=past,
+                use_cache=True,
+            )
             past.batch_repeat_interleave(len(input_ids))
         hidden = body(
-            inputs_embeds=embeds[:, head:], attention_mask=attention_mask, past_key_values=past, use_cache=head > 0, **kwargs
+            inputs_embeds=embeds[:, head:],
+            attention_mask=attention_mask,
+            past_key_values=past,
+            use_cache=head > 0,
+            **kwargs,
         ).last_hidden_state
         targets = labels[:, head + 1 :]
         scored = targets != IGNORE_INDEX  # position t predicts token t + 1
@@ -408,12 +443,16 @@ class ASRModel(PreTrainedModel):
         return tokens
 
     @torch.no_grad()
-    def transcribe(self, audios: list[np.ndarray], context: list[str | None] | str | None = None, **kwargs: Any) -> list[str]:
+    def transcribe(
+        self, audios: list[np.ndarray], context: list[str | None] | str | None = None, **kwargs: Any
+    ) -> list[str]:
         """16 kHz mono clips (each at most 30 s) -> text, in one batch: a convenience around
         ``processor(audio) -> generate -> processor.batch_decode``. Longer audio, files and batching:
         :class:`asr.inference.Transcriber`."""
         if self.processor is None:
-            raise RuntimeError("no processor attached: load with from_sources/from_pretrained or set_processor()")
+            raise RuntimeError(
+                "no processor attached: load with from_sources/from_pretrained or set_processor()"
+            )
         inputs = self.processor(audio=audios, context=context).to(self.device)
         return self.processor.batch_decode(self.generate(**inputs, **kwargs))
 

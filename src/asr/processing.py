@@ -12,11 +12,18 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from transformers import AutoFeatureExtractor, AutoProcessor, BatchFeature, PreTrainedTokenizerBase, WhisperFeatureExtractor
+from transformers import (
+    AutoFeatureExtractor,
+    AutoProcessor,
+    BatchFeature,
+    PreTrainedTokenizerBase,
+    WhisperFeatureExtractor,
+)
 from transformers.processing_utils import ProcessorMixin
 
 from asr import lengths
@@ -35,7 +42,9 @@ class PromptConfig:
 
     def __post_init__(self) -> None:
         if self.audio_placeholder and self.instruction and self.audio_placeholder in self.instruction:
-            raise ValueError("prompt.instruction must not contain the audio placeholder; it is inserted for you")
+            raise ValueError(
+                "prompt.instruction must not contain the audio placeholder; it is inserted for you"
+            )
 
 
 class ASRProcessor(ProcessorMixin):
@@ -49,7 +58,6 @@ class ASRProcessor(ProcessorMixin):
             audio positions before the model runs.
         pad_to_window: pad features to Whisper's 30 s window (the ``padded`` encoder mode).
     """
-
 
     def __init__(
         self,
@@ -99,7 +107,7 @@ class ASRProcessor(ProcessorMixin):
         """The processor saved in a checkpoint folder; for checkpoints saved before processors
         were, the sources' one with the prompt their config recorded (``legacy``, from
         :meth:`ASRConfig.pop_legacy`)."""
-        if os.path.isfile(os.path.join(path, "processor_config.json")):
+        if (Path(path) / "processor_config.json").is_file():
             return cls.from_pretrained(path)
         prompt = {k: v for k, v in (legacy or {}).items() if k in asdict(PromptConfig())}
         return cls.from_sources(config, PromptConfig(**prompt))
@@ -158,7 +166,9 @@ class ASRProcessor(ProcessorMixin):
             self.prompt_builder.build(n, transcript=t, context=c)
             for n, t, c in zip(n_audio, targets, contexts, strict=True)
         ]
-        batch = self.prompt_builder.collate(built, padding_side=padding_side or ("right" if texts else "left"))
+        batch = self.prompt_builder.collate(
+            built, padding_side=padding_side or ("right" if texts else "left")
+        )
         if texts is None:
             batch.pop("labels")
         return batch

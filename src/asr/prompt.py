@@ -44,7 +44,9 @@ class PromptBuilder:
         self.placeholder = audio_placeholder
         self.end_of_turn = tokenizer.eos_token
         # any real id works: its embedding is overwritten by the audio vectors
-        self.audio_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.audio_token_id = (
+            tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        )
         self.pad_token_id = self.audio_token_id
 
     def user_text(self, context: str | None = None) -> str:

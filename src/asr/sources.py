@@ -56,7 +56,7 @@ class SourceError(RuntimeError):
 
 def cache_dir() -> Path:
     """Root of converted weights, feature caches and synthetic corpora (``$ASR_CACHE``)."""
-    root = os.environ.get("ASR_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "asr")
+    root = os.environ.get("ASR_CACHE") or Path.home() / ".cache" / "asr"
     return Path(root)
 
 
@@ -71,6 +71,42 @@ def offline_hint() -> str:
 _CT2_DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16}
 
 
+class _CT2Reader:
+    """Little-endian cursor over a CTranslate2 ``model.bin``; errors name the file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.data, self.pos = path, path.read_bytes(), 0
+
+    def take(self, fmt: str) -> int:
+        (value,) = struct.unpack_from("<" + fmt, self.data, self.pos)
+        self.pos += struct.calcsize(fmt)
+        return value
+
+    def take_str(self) -> str:
+        n = self.take("H")
+        if n == 0 or self.pos + n > len(self.data):
+            raise SourceError(
+                f"{self.path}: truncated or corrupt CTranslate2 file (string at byte {self.pos})"
+            )
+        text = self.data[self.pos : self.pos + n - 1].decode("utf-8")
+        self.pos += n
+        return text
+
+    def take_variable(self) -> tuple[str, np.ndarray]:
+        name = self.take_str()
+        shape = tuple(self.take("I") for _ in range(self.take("B")))
+        dtype = _CT2_DTYPES.get(self.take("B"))
+        nbytes = self.take("I")
+        if dtype is None:
+            raise SourceError(f"{self.path}: variable {name} has an unknown dtype")
+        if self.pos + nbytes > len(self.data):
+            raise SourceError(f"{self.path}: truncated CTranslate2 file (variable {name} runs past the end)")
+        count = nbytes // np.dtype(dtype).itemsize
+        array = np.frombuffer(self.data, dtype=dtype, count=count, offset=self.pos).reshape(shape)
+        self.pos += nbytes
+        return name, array
+
+
 def read_ctranslate2(path: str | Path) -> dict[str, np.ndarray]:
     """Read a CTranslate2 ``model.bin`` (binary version 6) into ``{name: array}``.
 
@@ -82,50 +118,22 @@ def read_ctranslate2(path: str | Path) -> dict[str, np.ndarray]:
     path = Path(path)
     if not path.is_file():
         raise SourceError(f"{path}: CTranslate2 model file not found")
-    data = path.read_bytes()
-    pos = 0
-
-    def take(fmt: str) -> int:
-        nonlocal pos
-        (value,) = struct.unpack_from("<" + fmt, data, pos)
-        pos += struct.calcsize(fmt)
-        return value
-
-    def take_str() -> str:
-        nonlocal pos
-        n = take("H")
-        if n == 0 or pos + n > len(data):
-            raise SourceError(f"{path}: truncated or corrupt CTranslate2 file (string at byte {pos})")
-        text = data[pos : pos + n - 1].decode("utf-8")
-        pos += n
-        return text
-
+    reader = _CT2Reader(path)
     try:
-        version = take("I")
+        version = reader.take("I")
         if version != 6:
             raise SourceError(f"{path}: CTranslate2 binary version {version} is not supported (need 6)")
-        take_str()  # spec name, e.g. WhisperSpec
-        take("I")  # spec revision
-        variables: dict[str, np.ndarray] = {}
-        for _ in range(take("I")):
-            name = take_str()
-            shape = tuple(take("I") for _ in range(take("B")))
-            dtype = _CT2_DTYPES.get(take("B"))
-            nbytes = take("I")
-            if dtype is None:
-                raise SourceError(f"{path}: variable {name} has an unknown dtype")
-            if pos + nbytes > len(data):
-                raise SourceError(f"{path}: truncated CTranslate2 file (variable {name} runs past the end)")
-            array = np.frombuffer(data, dtype=dtype, count=nbytes // np.dtype(dtype).itemsize, offset=pos)
-            variables[name] = array.reshape(shape)
-            pos += nbytes
-        for _ in range(take("I")):
-            alias, target = take_str(), take_str()
+        reader.take_str()  # spec name, e.g. WhisperSpec
+        reader.take("I")  # spec revision
+        variables = dict(reader.take_variable() for _ in range(reader.take("I")))
+        for _ in range(reader.take("I")):
+            alias, target = reader.take_str(), reader.take_str()
             variables[alias] = variables[target]
     except (struct.error, ValueError, KeyError) as err:  # short header, bad shape, unknown alias target
         raise SourceError(f"{path}: truncated or corrupt CTranslate2 file ({err})") from err
-    if pos != len(data):
-        raise SourceError(f"{path}: corrupt CTranslate2 file ({len(data) - pos} unexpected trailing bytes)")
+    if reader.pos != len(reader.data):
+        trailing = len(reader.data) - reader.pos
+        raise SourceError(f"{path}: corrupt CTranslate2 file ({trailing} unexpected trailing bytes)")
     return variables
 
 
@@ -161,51 +169,60 @@ def _ct2_whisper_config(v: dict[str, np.ndarray], vocab_size: int) -> WhisperCon
     )
 
 
+class _CT2Renamer:
+    """Copies CTranslate2 variables to HF Whisper names: layer norms, linears, fused q/k/v."""
+
+    def __init__(self, variables: dict[str, np.ndarray]) -> None:
+        self.v, self.sd = variables, {}
+
+    def ln(self, src: str, dst: str) -> None:
+        self.sd[dst + ".weight"], self.sd[dst + ".bias"] = self.v[src + "/gamma"], self.v[src + "/beta"]
+
+    def lin(self, src: str, dst: str) -> None:
+        self.sd[dst + ".weight"] = self.v[src + "/weight"]
+        if src + "/bias" in self.v:
+            self.sd[dst + ".bias"] = self.v[src + "/bias"]
+
+    def split(self, src: str, dsts: list[str]) -> None:
+        w, b = self.v[src + "/weight"], self.v[src + "/bias"]
+        d = w.shape[1]
+        for i, dst in enumerate(dsts):
+            self.sd[dst + ".weight"] = w[i * d : (i + 1) * d]
+            if not dst.endswith("k_proj"):  # Whisper's key projections have no bias
+                self.sd[dst + ".bias"] = b[i * d : (i + 1) * d]
+
+    def layer(self, part: str, layer: str) -> None:
+        s, d = f"{part}/{layer}", f"model.{part}.layers.{layer.split('_')[1]}"
+        self.ln(f"{s}/self_attention/layer_norm", f"{d}.self_attn_layer_norm")
+        self.split(f"{s}/self_attention/linear_0", [f"{d}.self_attn.{p}_proj" for p in "qkv"])
+        self.lin(f"{s}/self_attention/linear_1", f"{d}.self_attn.out_proj")
+        if part == "decoder":
+            self.ln(f"{s}/attention/layer_norm", f"{d}.encoder_attn_layer_norm")
+            self.lin(f"{s}/attention/linear_0", f"{d}.encoder_attn.q_proj")
+            self.split(f"{s}/attention/linear_1", [f"{d}.encoder_attn.{p}_proj" for p in "kv"])
+            self.lin(f"{s}/attention/linear_2", f"{d}.encoder_attn.out_proj")
+        self.ln(f"{s}/ffn/layer_norm", f"{d}.final_layer_norm")
+        self.lin(f"{s}/ffn/linear_0", f"{d}.fc1")
+        self.lin(f"{s}/ffn/linear_1", f"{d}.fc2")
+
+
 def ct2_whisper_state_dict(v: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
     """Rename a CTranslate2 WhisperSpec to ``WhisperForConditionalGeneration`` parameter names.
 
     CTranslate2 fuses q/k/v (self-attention) and k/v (cross-attention) into one matrix; Whisper's
     key projection has no bias, so that slice of the fused bias is dropped.
     """
-    sd: dict[str, np.ndarray] = {}
-
-    def ln(src: str, dst: str) -> None:
-        sd[dst + ".weight"], sd[dst + ".bias"] = v[src + "/gamma"], v[src + "/beta"]
-
-    def lin(src: str, dst: str) -> None:
-        sd[dst + ".weight"] = v[src + "/weight"]
-        if src + "/bias" in v:
-            sd[dst + ".bias"] = v[src + "/bias"]
-
-    def split(src: str, dsts: list[str]) -> None:
-        w, b = v[src + "/weight"], v[src + "/bias"]
-        d = w.shape[1]
-        for i, dst in enumerate(dsts):
-            sd[dst + ".weight"] = w[i * d : (i + 1) * d]
-            if not dst.endswith("k_proj"):
-                sd[dst + ".bias"] = b[i * d : (i + 1) * d]
-
+    rename = _CT2Renamer(v)
     for part in ("encoder", "decoder"):
         for layer in _layer_names(v, part):
-            s, d = f"{part}/{layer}", f"model.{part}.layers.{layer.split('_')[1]}"
-            ln(f"{s}/self_attention/layer_norm", f"{d}.self_attn_layer_norm")
-            split(f"{s}/self_attention/linear_0", [f"{d}.self_attn.{p}_proj" for p in "qkv"])
-            lin(f"{s}/self_attention/linear_1", f"{d}.self_attn.out_proj")
-            if part == "decoder":
-                ln(f"{s}/attention/layer_norm", f"{d}.encoder_attn_layer_norm")
-                lin(f"{s}/attention/linear_0", f"{d}.encoder_attn.q_proj")
-                split(f"{s}/attention/linear_1", [f"{d}.encoder_attn.{p}_proj" for p in "kv"])
-                lin(f"{s}/attention/linear_2", f"{d}.encoder_attn.out_proj")
-            ln(f"{s}/ffn/layer_norm", f"{d}.final_layer_norm")
-            lin(f"{s}/ffn/linear_0", f"{d}.fc1")
-            lin(f"{s}/ffn/linear_1", f"{d}.fc2")
-        ln(f"{part}/layer_norm", f"model.{part}.layer_norm")
-        sd[f"model.{part}.embed_positions.weight"] = v[f"{part}/position_encodings/encodings"]
+            rename.layer(part, layer)
+        rename.ln(f"{part}/layer_norm", f"model.{part}.layer_norm")
+        rename.sd[f"model.{part}.embed_positions.weight"] = v[f"{part}/position_encodings/encodings"]
     for conv in ("conv1", "conv2"):
-        lin(f"encoder/{conv}", f"model.encoder.{conv}")
-    sd["model.decoder.embed_tokens.weight"] = v["decoder/embeddings/weight"]
-    sd["proj_out.weight"] = v["decoder/embeddings/weight"]
-    return {k: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)) for k, a in sd.items()}
+        rename.lin(f"encoder/{conv}", f"model.encoder.{conv}")
+    rename.sd["model.decoder.embed_tokens.weight"] = v["decoder/embeddings/weight"]
+    rename.sd["proj_out.weight"] = v["decoder/embeddings/weight"]
+    return {k: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)) for k, a in rename.sd.items()}
 
 
 def convert_ctranslate2_whisper(model_dir: str | Path) -> WhisperForConditionalGeneration:
@@ -216,7 +233,9 @@ def convert_ctranslate2_whisper(model_dir: str | Path) -> WhisperForConditionalG
     missing, unexpected = model.load_state_dict(ct2_whisper_state_dict(variables), strict=False)
     missing = [m for m in missing if m != "proj_out.weight"]
     if missing or unexpected:
-        raise SourceError(f"{model_dir}: CTranslate2 -> HF mismatch: missing={missing} unexpected={unexpected}")
+        raise SourceError(
+            f"{model_dir}: CTranslate2 -> HF mismatch: missing={missing} unexpected={unexpected}"
+        )
     return model.eval()
 
 
@@ -309,7 +328,9 @@ def _build_packaged_smollm2(out: Path) -> None:
 def packaged_dir(source: str) -> Path:
     """Local HF directory of a packaged source, converting it on first use."""
     if source == PACKAGED_WHISPER:
-        return _cached_conversion("whisper-tiny.en", packaged_whisper_dir() / "model.bin", _build_packaged_whisper)
+        return _cached_conversion(
+            "whisper-tiny.en", packaged_whisper_dir() / "model.bin", _build_packaged_whisper
+        )
     if source == PACKAGED_SMOLLM2:
         return _cached_conversion("smollm2-135m-instruct", packaged_smollm2_gguf(), _build_packaged_smollm2)
     raise SourceError(f"Unknown packaged source {source!r}. {offline_hint()}")
@@ -363,7 +384,9 @@ def resolve(source: str) -> Path:
             raise SourceError(f"{path}: expected a model directory or a .gguf file")
         return path
     if source.startswith((".", "/", "~")) or source.count("/") != 1:
-        raise SourceError(f"Model source {source!r} is neither an existing path nor a hub id. {offline_hint()}")
+        raise SourceError(
+            f"Model source {source!r} is neither an existing path nor a hub id. {offline_hint()}"
+        )
     cached = _hub_cached(source)
     if cached is not None:
         return cached
@@ -397,7 +420,9 @@ def load_causal_lm(source: str, dtype: torch.dtype = torch.float32) -> PreTraine
     """A causal LM from a source (its tokenizer: :func:`load_causal_lm_tokenizer`)."""
     path = resolve(source)
     if path.suffix == ".gguf":
-        return plain_causal_lm(AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)).to(dtype)
+        return plain_causal_lm(AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)).to(
+            dtype
+        )
     return AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval()
 
 

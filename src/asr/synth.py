@@ -331,7 +331,7 @@ def _is_complete(out_dir: Path, split: str, key: str, n: int) -> bool:
 def _write_atomic(path: Path, write: Callable[[Path], object]) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     write(tmp)
-    os.replace(tmp, path)
+    Path(tmp).replace(path)
 
 
 def build_corpus(

@@ -21,9 +21,9 @@ import torch
 from matplotlib.figure import Figure
 
 from asr.audio import HOP_LENGTH, SAMPLE_RATE, load_audio
+from asr.inference.transcribe import load_model
 from asr.modeling import ASRModel
 from asr.prompt import IGNORE_INDEX
-from asr.inference.transcribe import load_model
 
 ENCODER_FRAME_SECONDS = 2 * HOP_LENGTH / SAMPLE_RATE  # conv2 has stride 2: 20 ms per frame
 MEL_FRAME_SECONDS = HOP_LENGTH / SAMPLE_RATE  # 10 ms

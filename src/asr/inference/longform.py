@@ -92,7 +92,6 @@ def stitch(texts: Sequence[str], spans: Sequence[tuple[float, float]]) -> list[l
     return pieces
 
 
-
 @dataclass
 class Segment:
     """The words one window contributes, between the midpoints of its overlaps (approximate times)."""
@@ -112,7 +111,6 @@ def segments_for(pieces: list[list[str]], spans: list[tuple[float, float]]) -> l
         if words:
             segments.append(Segment(round(cue_start, 3), round(cue_end, 3), " ".join(words)))
     return segments
-
 
 
 def join_windows(texts: Sequence[str], spans: Sequence[tuple[int, int]]) -> tuple[str, list[Segment]]:

@@ -85,7 +85,12 @@ class ASRPipeline(ChunkPipeline):
         audio = _audio_of(inputs)
         spans = plan_windows(len(audio))
         for n, (start, end) in enumerate(spans):
-            yield {"audio": audio[start:end], "context": context, "span": (start, end), "is_last": n == len(spans) - 1}
+            yield {
+                "audio": audio[start:end],
+                "context": context,
+                "span": (start, end),
+                "is_last": n == len(spans) - 1,
+            }
 
     def _forward(self, model_inputs: dict, generate_kwargs: dict | None = None) -> dict:
         single = isinstance(model_inputs["audio"], np.ndarray)  # unbatched call
@@ -94,7 +99,9 @@ class ASRPipeline(ChunkPipeline):
         speech = [i for i, audio in enumerate(audios) if has_speech(audio)]  # the Transcriber's gate
         texts = [""] * len(audios)
         if speech:
-            inputs = self.asr_processor(audio=[audios[i] for i in speech], context=[contexts[i] for i in speech])
+            inputs = self.asr_processor(
+                audio=[audios[i] for i in speech], context=[contexts[i] for i in speech]
+            )
             ids = self.model.generate(**inputs.to(self.model.device), **(generate_kwargs or {}))
             for i, text in zip(speech, self.asr_processor.batch_decode(ids), strict=True):
                 texts[i] = text

@@ -120,7 +120,6 @@ class FasterWhisperBackend:
         return texts
 
 
-
 def load_model(path: str | Path | None = None, dtype: torch.dtype = torch.float32) -> ASRModel:
     """A checkpoint saved by ``ASRModel.save_pretrained`` (default: :func:`default_model`); when the
     default is absent, the untrained offline model, with a warning."""
@@ -279,5 +278,3 @@ def transcribe(
     """One-call convenience: ``transcribe("talk.wav", model="checkpoints/offline")``."""
     many = isinstance(inputs, list | tuple)
     return Transcriber(model, **kwargs)(list(inputs) if many else [inputs], context=context)
-
-
