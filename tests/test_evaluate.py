@@ -110,6 +110,19 @@ def test_evaluate_report_and_summary(tmp_path: Path) -> None:
     assert lines[1]["wer"] == 0.25 and lines[2]["error"] and "bad.wav" in lines[2]["error"]
     table = format_table([result])
     assert "30.77%" in table and table.count("\n") == 2
+    assert result.invented == 0 and "| 0.0% | 23.1% | 0.0% |" in table  # ins, del (3/13), invented
+
+
+def test_invented_hypotheses() -> None:
+    """Under half of the hypothesis' words in the reference: invented; deletions alone are not."""
+    said = "he hoped there would be stew for dinner turnips and carrots"
+    assert word_counts("mark is going to see elephant", "john is going to be a doctor").invented  # 3 of 7
+    # exactly half (6 of 12 words) is not "under half"
+    assert not word_counts(said, "he hoped that the result would be positive for players and fans").invented
+    assert not word_counts(said, "he hoped there would be stew for dinner").invented  # deletions only
+    assert not word_counts(said, "").invented
+    assert word_counts("one two", "three four five one").invented  # 1 of 4 words
+    assert not word_counts("one two", "one two three").invented  # 2 of 3 words
 
 
 @pytest.mark.real

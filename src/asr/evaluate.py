@@ -60,6 +60,9 @@ def normalize(text: str) -> str:
     return " ".join(text.split())
 
 
+INVENTED_BELOW = 0.5  # share of a hypothesis' words found in the reference
+
+
 @dataclass
 class Counts:
     """Edit counts of one or many utterances; rates are ``errors / reference``."""
@@ -78,6 +81,17 @@ class Counts:
         if self.reference == 0:
             return 0.0 if self.errors == 0 else float("inf")
         return self.errors / self.reference
+
+    @property
+    def hits(self) -> int:
+        return self.reference - self.substitutions - self.deletions
+
+    @property
+    def invented(self) -> bool:
+        """A hypothesis that shares under half of its words with the reference: fluent text that
+        was not said, the failure an LLM decoder is prone to (an empty hypothesis is not one)."""
+        hypothesis = self.hits + self.substitutions + self.insertions
+        return hypothesis > 0 and self.hits < INVENTED_BELOW * hypothesis
 
     def __add__(self, other: Counts) -> Counts:
         return Counts(
@@ -158,9 +172,23 @@ class Result:
     reference_words: int
     seconds: float
     rtf: float  # processing seconds / audio seconds
+    invented: int = 0  # hypotheses sharing under half their words with the reference
+
+    @property
+    def invented_share(self) -> float:
+        return self.invented / self.utterances if self.utterances else 0.0
+
+    @property
+    def insertion_rate(self) -> float:
+        return self.insertions / self.reference_words if self.reference_words else 0.0
+
+    @property
+    def deletion_rate(self) -> float:
+        return self.deletions / self.reference_words if self.reference_words else 0.0
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        rates = {"invented_share": self.invented_share, "insertion_rate": self.insertion_rate}
+        return {**asdict(self), **rates, "deletion_rate": self.deletion_rate}
 
 
 def evaluate(
@@ -175,7 +203,7 @@ def evaluate(
     A file that cannot be transcribed counts as an empty hypothesis (all deletions) and is listed
     with its error. The clock covers decoding the audio and the model, not loading the model.
     """
-    words, chars, seconds, audio_seconds, failed = Counts(), Counts(), 0.0, 0.0, 0
+    words, chars, seconds, audio_seconds, failed, invented = Counts(), Counts(), 0.0, 0.0, 0, 0
     lines = []
     bar = tqdm(total=len(rows), desc=f"evaluating {transcriber.name}", unit="utt", disable=not progress)
     for k in range(0, len(rows), chunk):
@@ -189,6 +217,7 @@ def evaluate(
             words, chars = words + w, chars + c
             audio_seconds += t.duration or float(row.get("duration", 0.0))
             failed += t.error is not None
+            invented += w.invented
             lines.append(
                 {
                     "id": row["utt_id"],
@@ -200,6 +229,7 @@ def evaluate(
                     "wer": round(w.rate, 4),
                     "errors": {"sub": w.substitutions, "del": w.deletions, "ins": w.insertions},
                     "ref_words": w.reference,
+                    "invented": w.invented,
                     "error": t.error,
                 }
             )
@@ -222,17 +252,19 @@ def evaluate(
         reference_words=words.reference,
         seconds=round(seconds, 2),
         rtf=seconds / audio_seconds if audio_seconds else float("nan"),
+        invented=invented,
     )
 
 
 def format_table(results: Sequence[Result]) -> str:
     """A Markdown table, one row per system, for side-by-side comparison."""
-    header = "| system | utts | failed | audio min | WER | CER | sub/del/ins | seconds | RTF |"
+    header = "| system | utts | failed | audio min | WER | CER | sub/del/ins | ins % | del % | invented | seconds | RTF |"
     lines = [header, "|---" * (header.count("|") - 1) + "|"]
     for r in results:
         lines.append(
             f"| {r.system} | {r.utterances} | {r.failed} | {r.audio_minutes:.2f} | {100 * r.wer:.2f}% "
-            f"| {100 * r.cer:.2f}% | {r.substitutions}/{r.deletions}/{r.insertions} | {r.seconds:.1f} "
-            f"| {r.rtf:.3f} |"
+            f"| {100 * r.cer:.2f}% | {r.substitutions}/{r.deletions}/{r.insertions} "
+            f"| {100 * r.insertion_rate:.1f}% | {100 * r.deletion_rate:.1f}% | {100 * r.invented_share:.1f}% "
+            f"| {r.seconds:.1f} | {r.rtf:.3f} |"
         )
     return "\n".join(lines)
