@@ -10,6 +10,7 @@ through the CLI (`--cfg job`) in a subprocess.
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import shlex
@@ -195,3 +196,93 @@ def test_a_doc_command_runs_through_the_cli(manifest: Path):
     )
     assert result.returncode == 0, f"{command.where}: `{command.text}`\n{result.stderr[-3000:]}"
     assert f"path: {manifest}" in result.stdout and "max_new_tokens_base: 16" in result.stdout
+
+
+# --------------------------------------------------------------------------- the asr command and benchmarks
+
+CLI_DOCS = [*DOCS, "benchmarks/README.md"]
+
+
+def cli_parsers() -> dict[str, argparse.ArgumentParser]:
+    """Each documented program (``asr <sub>``, ``python -m asr.trace``, the benchmark) -> its parser."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import bench
+
+    from asr import cli, trace
+
+    root = cli.build_parser()
+    subparsers = next(a for a in root._actions if isinstance(a, argparse._SubParsersAction))
+    parsers = {f"asr {name}": p for name, p in subparsers.choices.items()}
+    parsers["asr trace"] = parsers["python -m asr.trace"] = trace.build_parser()
+    parsers["python benchmarks/bench.py"] = argparse.ArgumentParser()
+    bench.add_arguments(parsers["python benchmarks/bench.py"])
+    return parsers
+
+
+def cli_command(text: str) -> tuple[str, list[str]] | None:
+    """``(program, arguments)`` of a documented ``asr ...`` / ``python -m asr ...`` / benchmark command."""
+    try:
+        tokens = [t for t in shlex.split(text, comments=True) if t not in ("...", "…")]
+    except ValueError:
+        return None
+    if tokens[:2] == ["poetry", "run"]:
+        tokens = tokens[2:]
+    if tokens[:3] in (["python", "-m", "asr"], ["python3", "-m", "asr"]):
+        tokens = ["asr", *tokens[3:]]
+    if tokens[:3] == ["python", "-m", "asr.trace"]:
+        return "python -m asr.trace", tokens[3:]
+    if tokens[:2] == ["python", "benchmarks/bench.py"]:
+        return "python benchmarks/bench.py", tokens[2:]
+    if len(tokens) >= 2 and tokens[0] == "asr" and re.fullmatch(r"[a-z]+", tokens[1]):
+        return f"asr {tokens[1]}", tokens[2:]
+    return None
+
+
+def documented_cli_commands() -> list[tuple[str, str, str, list[str]]]:
+    found = []
+    for doc in CLI_DOCS:
+        lines = (ROOT / doc).read_text().splitlines()
+        in_block, pending, start = False, "", 0
+        for number, line in enumerate(lines, 1):
+            if line.lstrip().startswith("```"):
+                in_block, pending = not in_block, ""
+                continue
+            if in_block:
+                start = start if pending else number
+                pending += line.rstrip()
+                if pending.endswith("\\"):
+                    pending = pending[:-1] + " "
+                    continue
+                candidates, pending = [(pending, start)], ""
+            else:
+                candidates = [(span, number) for span in re.findall(r"`([^`]+)`", line)]
+            for text, at in candidates:
+                parsed = cli_command(text.strip())
+                if parsed:
+                    found.append((f"{doc}:{at}", text.strip(), *parsed))
+    return found
+
+
+CLI_COMMANDS = documented_cli_commands()
+
+
+def test_the_docs_show_cli_commands():
+    programs = {program for _, _, program, _ in CLI_COMMANDS}
+    assert {"asr evaluate", "python -m asr.trace", "python benchmarks/bench.py"} <= programs
+
+
+@pytest.mark.parametrize(
+    ("where", "text", "program", "arguments"), CLI_COMMANDS, ids=[c[0] for c in CLI_COMMANDS]
+)
+def test_documented_cli_command_exists_with_its_options(
+    where: str, text: str, program: str, arguments: list[str]
+):
+    """Every subcommand and ``--option`` a doc shows exists (inline mentions may leave out
+    required arguments, so options are checked one by one rather than parsed as a whole)."""
+    parsers = cli_parsers()
+    assert program in parsers, f"{where}: `{text}` names {program!r}, which does not exist"
+    known = {option for action in parsers[program]._actions for option in action.option_strings}
+    for token in arguments:
+        option = token.split("=", 1)[0]
+        if option.startswith("--"):
+            assert option in known, f"{where}: `{text}`: {program} has no option {option}"

@@ -324,7 +324,7 @@ def save_figures(figures: dict[str, Figure], out_dir: str | Path, dpi: int = 110
     return files
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="asr trace", description=__doc__.splitlines()[0])
     parser.add_argument("audio", help="audio file (any format soundfile/librosa read; at most 30 s)")
     parser.add_argument(
@@ -338,7 +338,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--context", default=None, help="context text added to the prompt")
     parser.add_argument("--max-new-tokens", type=int, default=None)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     trace(
         args.audio,
         args.model,
