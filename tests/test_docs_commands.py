@@ -66,10 +66,10 @@ def parse_command(text: str) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
     return tuple(tokens[at[0] + 1 :]), tuple(tokens[: at[0]])
 
 
-def doc_commands(markdown: str, file: str) -> list[DocCommand]:
-    """The train.py commands of a markdown text: lines of code blocks (``\\`` continuations
-    joined) and inline code spans, each with its line number."""
-    found: list[DocCommand] = []
+def code_spans(markdown: str) -> list[tuple[str, int]]:
+    """Shell lines of a markdown text with their line numbers: the lines of code blocks (``\\``
+    continuations joined) and inline code spans."""
+    found: list[tuple[str, int]] = []
     in_block, pending, start = False, "", 0
     for number, line in enumerate(markdown.splitlines(), 1):
         if line.lstrip().startswith("```"):
@@ -81,13 +81,20 @@ def doc_commands(markdown: str, file: str) -> list[DocCommand]:
             if pending.endswith("\\"):
                 pending = pending[:-1] + " "
                 continue
-            candidates, pending = [(pending, start)], ""
+            found.append((pending.strip(), start))
+            pending = ""
         else:
-            candidates = [(span, number) for span in re.findall(r"`([^`]+)`", line)]
-        for text, at in candidates:
-            parsed = parse_command(text.strip())
-            if parsed is not None:
-                found.append(DocCommand(file, at, text.strip(), *parsed))
+            found += [(span.strip(), number) for span in re.findall(r"`([^`]+)`", line)]
+    return found
+
+
+def doc_commands(markdown: str, file: str) -> list[DocCommand]:
+    """The train.py commands of a markdown text, each with its line number."""
+    found = []
+    for text, at in code_spans(markdown):
+        parsed = parse_command(text)
+        if parsed is not None:
+            found.append(DocCommand(file, at, text, *parsed))
     return found
 
 
@@ -241,25 +248,10 @@ def cli_command(text: str) -> tuple[str, list[str]] | None:
 def documented_cli_commands() -> list[tuple[str, str, str, list[str]]]:
     found = []
     for doc in CLI_DOCS:
-        lines = (ROOT / doc).read_text().splitlines()
-        in_block, pending, start = False, "", 0
-        for number, line in enumerate(lines, 1):
-            if line.lstrip().startswith("```"):
-                in_block, pending = not in_block, ""
-                continue
-            if in_block:
-                start = start if pending else number
-                pending += line.rstrip()
-                if pending.endswith("\\"):
-                    pending = pending[:-1] + " "
-                    continue
-                candidates, pending = [(pending, start)], ""
-            else:
-                candidates = [(span, number) for span in re.findall(r"`([^`]+)`", line)]
-            for text, at in candidates:
-                parsed = cli_command(text.strip())
-                if parsed:
-                    found.append((f"{doc}:{at}", text.strip(), *parsed))
+        for text, at in code_spans((ROOT / doc).read_text()):
+            parsed = cli_command(text)
+            if parsed:
+                found.append((f"{doc}:{at}", text, *parsed))
     return found
 
 
