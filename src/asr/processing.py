@@ -116,6 +116,16 @@ class ASRProcessor(ProcessorMixin):
     def prompt_config(self) -> PromptConfig:
         return PromptConfig(self.instruction, self.system_prompt, self.audio_placeholder)
 
+    def with_prompt(self, prompt: PromptConfig) -> ASRProcessor:
+        """The same feature extractor and tokenizer around another prompt."""
+        return type(self)(
+            self.feature_extractor,
+            self.tokenizer,
+            **asdict(prompt),
+            projector_stack=self.projector_stack,
+            pad_to_window=self.pad_to_window,
+        )
+
     # ------------------------------------------------------------------ audio
 
     def features(self, audios: list[np.ndarray]) -> dict[str, torch.Tensor]:

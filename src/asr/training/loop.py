@@ -100,21 +100,12 @@ def build_model(model_config: dict[str, Any], init_from: str | None) -> ASRModel
 def attach_processor(
     model: ASRModel, prompt: PromptConfig | None, generation: DecodingConfig | None
 ) -> ASRProcessor:
-    """The processor this run batches and decodes with, and the run's decoding options.
-
-    TODO(processor): the processor is constructed here. For now it is the one the model was
-    loaded with (the sources' or the checkpoint's), rebuilt around the same feature extractor and
-    tokenizer when ``prompt`` differs; ``None`` keeps the loaded prompt/decoding options.
-    """
+    """The processor this run batches and decodes with (the loaded model's, with the run's
+    prompt), and the run's decoding options; ``None`` keeps the loaded ones. Both are saved with
+    every checkpoint, so a later stage may change them freely."""
     processor = model.processor
     if prompt is not None and prompt != processor.prompt_config:
-        processor = ASRProcessor(
-            processor.feature_extractor,
-            processor.tokenizer,
-            **asdict(prompt),
-            projector_stack=processor.projector_stack,
-            pad_to_window=processor.pad_to_window,
-        )
+        processor = processor.with_prompt(prompt)
         model.set_processor(processor)
     if generation is not None:
         model.set_decoding(generation)
