@@ -26,6 +26,7 @@ from transformers.pipelines.base import ChunkPipeline
 
 from asr.audio import SAMPLE_RATE, has_speech, load_audio
 from asr.inference.longform import join_windows, plan_windows
+from asr.inference.transcribe import ModelBackend
 from asr.modeling import ASRModel
 from asr.processing import ASRProcessor
 
@@ -70,6 +71,7 @@ class ASRPipeline(ChunkPipeline):
             feature_extractor=self.asr_processor.feature_extractor,
             **kwargs,
         )
+        self.backend = ModelBackend(model, processor=self.asr_processor)  # the Transcriber's decoding
 
     def _sanitize_parameters(self, context: str | None = None, **kwargs: Any) -> tuple[dict, dict, dict]:
         generate_kwargs = dict(kwargs.pop("generate_kwargs", None) or {})
@@ -99,11 +101,10 @@ class ASRPipeline(ChunkPipeline):
         speech = [i for i, audio in enumerate(audios) if has_speech(audio)]  # the Transcriber's gate
         texts = [""] * len(audios)
         if speech:
-            inputs = self.asr_processor(
-                audio=[audios[i] for i in speech], context=[contexts[i] for i in speech]
+            decoded = self.backend.decode(
+                [audios[i] for i in speech], [contexts[i] for i in speech], **(generate_kwargs or {})
             )
-            ids = self.model.generate(**inputs.to(self.model.device), **(generate_kwargs or {}))
-            for i, text in zip(speech, self.asr_processor.batch_decode(ids), strict=True):
+            for i, text in zip(speech, decoded, strict=True):
                 texts[i] = text
         if single:
             return {"text": texts[0], "span": model_inputs["span"], "is_last": model_inputs["is_last"]}

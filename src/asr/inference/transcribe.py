@@ -12,7 +12,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -77,9 +77,10 @@ class ModelBackend:
         self.name = name
 
     @torch.inference_mode()
-    def decode(self, clips: list[np.ndarray], contexts: list[str | None]) -> list[str]:
+    def decode(self, clips: list[np.ndarray], contexts: list[str | None], **options: Any) -> list[str]:
+        """``options``: per-call ``generate`` keywords over the backend's own."""
         inputs = self.processor(audio=clips, context=contexts).to(self.model.device)
-        return self.processor.batch_decode(self.model.generate(**inputs, **self.options))
+        return self.processor.batch_decode(self.model.generate(**inputs, **{**self.options, **options}))
 
 
 # How the baseline decodes: no timestamps, no conditioning on previous text, no VAD (it sees exactly
