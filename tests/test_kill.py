@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import signal
 import subprocess
@@ -14,12 +15,21 @@ from test_training import write_corpus
 
 from asr.training.checkpoint import checkpoints
 
-WORKER = Path(__file__).with_name("_kill_worker.py")
+WORKER = Path(__file__).with_name("_train_worker.py")
+# a checkpoint after every step: a kill lands in or between saves
+RUN = {
+    "max_steps": 12,
+    "batch_size": 3,
+    "warmup_steps": 2,
+    "save_every": 1,
+    "log_every": 1,
+    "learning_rate": 1e-2,
+}
 
 
 def _start(manifest: Path, out: Path) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, str(WORKER), str(manifest), str(out)],
+        [sys.executable, str(WORKER), str(manifest), str(out), json.dumps(RUN)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
@@ -30,7 +40,7 @@ def test_sigkill_at_random_moments_then_resume_gives_the_same_weights(tmp_path: 
     manifest = write_corpus(tmp_path / "data", n=10)
     straight = _start(manifest, tmp_path / "straight")
     assert straight.wait(timeout=600) == 0, straight.stderr.read().decode()[-2000:]
-    expected = torch.load(tmp_path / "straight" / "result.pt")
+    expected = torch.load(tmp_path / "straight" / "rank0.pt")["state"]
 
     rng = random.Random(0)
     out, kills = tmp_path / "killed", 0
@@ -50,7 +60,7 @@ def test_sigkill_at_random_moments_then_resume_gives_the_same_weights(tmp_path: 
     final = _start(manifest, out)
     assert final.wait(timeout=600) == 0, final.stderr.read().decode()[-2000:]
     assert kills >= 1
-    resumed = torch.load(out / "result.pt")
+    resumed = torch.load(out / "rank0.pt")["state"]
     assert resumed.keys() == expected.keys()
     for name, value in expected.items():
         torch.testing.assert_close(resumed[name], value, atol=1e-6, rtol=0, msg=name)

@@ -288,7 +288,7 @@ def _free_port() -> int:
 def test_two_process_ddp_ends_with_identical_projectors(tmp_path):
     manifest = write_corpus(tmp_path / "data", n=8)
     out = tmp_path / "ddp"
-    worker = Path(__file__).with_name("_ddp_worker.py")
+    worker = Path(__file__).with_name("_train_worker.py")
     cmd = [
         sys.executable,
         "-m",
