@@ -130,3 +130,22 @@ def test_faster_whisper_on_real_speech(dev_rows: list[dict]) -> None:
     transcriber = Transcriber("faster-whisper", threads=1)
     result = evaluate(transcriber, dev_rows[:4], progress=False)
     assert result.failed == 0 and result.wer < 0.5  # tiny.en on non-native read speech
+
+
+def test_agreement_with_a_baseline_splits_by_where_the_baseline_is_wrong():
+    from asr.evaluate import Result, agreement
+
+    def result(name, pairs):
+        samples = [{"ref_normalised": r, "hyp_normalised": h} for r, h in pairs]
+        return Result(name, len(pairs), 0, 0.0, 0.0, 0.0, 0, 0, 0, 0, 0.0, 0.0, samples=samples)
+
+    refs = ["a b c d", "e f", "g h"]
+    baseline = result("fw", [(refs[0], "a b c d"), (refs[1], "e x"), (refs[2], "y h")])
+    ours = result("2pass", [(refs[0], "a b c d"), (refs[1], "e f"), (refs[2], "y h")])
+    a = agreement(ours, baseline)
+    assert a["same_as_baseline"] == 2 / 3
+    assert (a["baseline_right"], a["wer_where_baseline_right"]) == (1, 0.0)
+    assert a["baseline_wrong"] == 2
+    assert a["wer_where_baseline_wrong"] == 1 / 4  # "y h" for "g h"; "e f" corrected
+    assert a["baseline_wer_where_wrong"] == 2 / 4
+    assert "samples" not in ours.to_dict()

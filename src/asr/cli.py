@@ -81,7 +81,7 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from asr.evaluate import evaluate, format_table, read_manifest
+    from asr.evaluate import agreement, evaluate, format_agreement, format_table, read_manifest
     from asr.inference import Transcriber
 
     threads = _set_threads(args.threads)
@@ -106,8 +106,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             print(f"per-utterance report: {report}", file=sys.stderr)
     print(f"\n{args.manifest} ({len(rows)} utterances)\n")
     print(format_table(results))
+    if len(results) == 2:
+        print("\n" + format_agreement(*results))
     if args.json:
-        Path(args.json).write_text(json.dumps([r.to_dict() for r in results], indent=2) + "\n")
+        summary = [r.to_dict() for r in results]
+        if len(results) == 2:
+            summary[0]["agreement"] = agreement(*results)
+        Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
     return 0
 
 

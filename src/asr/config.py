@@ -15,6 +15,7 @@ PACKAGED_WHISPER = "packaged:whisper-tiny.en"
 PACKAGED_SMOLLM2 = "packaged:smollm2-135m-instruct"
 
 ENCODER_MODES = ("variable", "padded")
+FIRST_PASS_MODES = ("none", "whisper")
 # prompt and decoding options that checkpoints saved before the processor and the generation
 # config kept in config.json
 LEGACY_KEYS = (
@@ -48,6 +49,10 @@ class ASRConfig(PreTrainedConfig):
             LLM's token embeddings", measured when the decoder is loaded.
         lora: ``None`` or a dict of peft ``LoraConfig`` arguments applied to the LLM.
         encoder_lora: the same for the Whisper encoder.
+        first_pass: ``none``, or ``whisper``: two-pass mode, where the encoder source's own
+            Whisper decoder transcribes each clip first and its hypotheses join the prompt
+            (:mod:`asr.first_pass`).
+        first_pass_n_best: hypotheses per clip (1: greedy; N: the N best of a beam of N).
 
     Architecture only: the prompt lives in :class:`asr.processing.ASRProcessor` and decoding
     options in the generation config (:class:`asr.generation.DecodingConfig`), both saved beside
@@ -72,6 +77,8 @@ class ASRConfig(PreTrainedConfig):
         projector_output_rms: float | None = None,
         lora: dict[str, Any] | None = None,
         encoder_lora: dict[str, Any] | None = None,
+        first_pass: str = "none",
+        first_pass_n_best: int = 1,
         **kwargs: Any,
     ) -> None:
         self.encoder_source = encoder_source
@@ -87,6 +94,8 @@ class ASRConfig(PreTrainedConfig):
         self.projector_output_rms = projector_output_rms
         self.lora = dict(lora) if lora else None
         self.encoder_lora = dict(encoder_lora) if encoder_lora else None
+        self.first_pass = first_pass
+        self.first_pass_n_best = int(first_pass_n_best)
         super().__init__(**kwargs)
         self.validate()
 
@@ -96,6 +105,10 @@ class ASRConfig(PreTrainedConfig):
             raise ValueError(f"encoder_mode={self.encoder_mode!r}: expected one of {ENCODER_MODES}")
         if self.projector_stack < 1:
             raise ValueError(f"projector_stack={self.projector_stack}: must be >= 1")
+        if self.first_pass not in FIRST_PASS_MODES:
+            raise ValueError(f"first_pass={self.first_pass!r}: expected one of {FIRST_PASS_MODES}")
+        if self.first_pass_n_best < 1:
+            raise ValueError(f"first_pass_n_best={self.first_pass_n_best}: must be >= 1")
 
     def pop_legacy(self) -> dict[str, Any]:
         """Remove and return the prompt/decoding keys an older checkpoint's config.json held."""

@@ -25,7 +25,7 @@ import re
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -173,6 +173,7 @@ class Result:
     seconds: float
     rtf: float  # processing seconds / audio seconds
     invented: int = 0  # hypotheses sharing under half their words with the reference
+    samples: list[dict] = field(default_factory=list, repr=False)  # per utterance (the report's lines)
 
     @property
     def invented_share(self) -> float:
@@ -188,7 +189,8 @@ class Result:
 
     def to_dict(self) -> dict:
         rates = {"invented_share": self.invented_share, "insertion_rate": self.insertion_rate}
-        return {**asdict(self), **rates, "deletion_rate": self.deletion_rate}
+        scores = {k: v for k, v in asdict(self).items() if k != "samples"}
+        return {**scores, **rates, "deletion_rate": self.deletion_rate}
 
 
 def evaluate(
@@ -253,6 +255,7 @@ def evaluate(
         seconds=round(seconds, 2),
         rtf=seconds / audio_seconds if audio_seconds else float("nan"),
         invented=invented,
+        samples=lines,
     )
 
 
@@ -268,3 +271,39 @@ def format_table(results: Sequence[Result]) -> str:
             f"| {r.seconds:.1f} | {r.rtf:.3f} |"
         )
     return "\n".join(lines)
+
+
+def agreement(ours: Result, baseline: Result) -> dict[str, float]:
+    """How a system relates to a baseline on the same utterances (for two-pass mode, whose first
+    pass is the faster-whisper baseline's own decoder): how often it writes exactly what the
+    baseline wrote (after normalising), and its WER where the baseline is right and where it is
+    wrong."""
+    same = right_n = wrong_n = 0
+    right, wrong, base_wrong = Counts(), Counts(), Counts()
+    for a, b in zip(ours.samples, baseline.samples, strict=True):
+        same += a["hyp_normalised"] == b["hyp_normalised"]
+        counts = word_counts(a["ref_normalised"], a["hyp_normalised"])
+        if b["hyp_normalised"] == b["ref_normalised"]:
+            right, right_n = right + counts, right_n + 1
+        else:
+            wrong, wrong_n = wrong + counts, wrong_n + 1
+            base_wrong = base_wrong + word_counts(b["ref_normalised"], b["hyp_normalised"])
+    n = max(len(ours.samples), 1)
+    return {
+        "same_as_baseline": same / n,
+        "baseline_right": right_n,
+        "wer_where_baseline_right": right.rate,
+        "baseline_wrong": wrong_n,
+        "wer_where_baseline_wrong": wrong.rate,
+        "baseline_wer_where_wrong": base_wrong.rate,
+    }
+
+
+def format_agreement(ours: Result, baseline: Result) -> str:
+    a = agreement(ours, baseline)
+    return (
+        f"{ours.system} vs {baseline.system}: same transcript {a['same_as_baseline']:.1%}; "
+        f"where {baseline.system} is right ({a['baseline_right']} utts) WER {a['wer_where_baseline_right']:.2%}; "
+        f"where it is wrong ({a['baseline_wrong']} utts) WER {a['wer_where_baseline_wrong']:.2%} "
+        f"(its own {a['baseline_wer_where_wrong']:.2%})"
+    )

@@ -41,6 +41,7 @@ from transformers.models.whisper.modeling_whisper import WhisperEncoder
 from asr import lengths, sources
 from asr.config import ASRConfig
 from asr.encoder import AudioEncoder
+from asr.first_pass import FirstPass, load_first_pass
 from asr.generation import DecodingConfig
 from asr.processing import ASRProcessor
 from asr.projector import build_projector
@@ -141,6 +142,7 @@ class ASRModel(PreTrainedModel):
         self.generation_config = DecodingConfig().to_generation_config()
         # the processor that :meth:`transcribe` uses; set by from_sources/from_pretrained
         self.processor: ASRProcessor | None = None
+        self._first_pass: FirstPass | None = None  # loaded on first use (two-pass mode)
 
     @staticmethod
     def _add_lora(module: nn.Module, lora: dict[str, Any]) -> None:
@@ -442,19 +444,33 @@ class ASRModel(PreTrainedModel):
             tokens = tokens.masked_fill(past.to(tokens.device), self.generation_config.pad_token_id)
         return tokens
 
+    def run_first_pass(self, clips: list[np.ndarray]) -> list[list[str]] | None:
+        """Two-pass mode: the encoder source's own Whisper decoder on each (checked, 16 kHz)
+        clip, ``first_pass_n_best`` hypotheses each; ``None`` for a one-pass model."""
+        if self.config.first_pass == "none":
+            return None
+        if self._first_pass is None:
+            threads = torch.get_num_threads() if self.device.type == "cpu" else 0
+            self._first_pass = load_first_pass(
+                self.config.encoder_source, self.config.first_pass_n_best, threads=threads
+            )
+        return self._first_pass(clips)
+
     @torch.no_grad()
     def transcribe(
         self, audios: list[np.ndarray], context: list[str | None] | str | None = None, **kwargs: Any
     ) -> list[str]:
         """16 kHz mono clips (each at most 30 s) -> text, in one batch: a convenience around
-        ``processor(audio) -> generate -> processor.batch_decode``. Longer audio, files and batching:
+        ``processor(audio) -> generate -> processor.batch_decode`` (with the first pass in
+        between for a two-pass model). Longer audio, files and batching:
         :class:`asr.inference.Transcriber`."""
         if self.processor is None:
             raise RuntimeError(
                 "no processor attached: load with from_sources/from_pretrained or set_processor()"
             )
-        inputs = self.processor(audio=audios, context=context).to(self.device)
-        return self.processor.batch_decode(self.generate(**inputs, **kwargs))
+        clips = self.processor.validate(audios)
+        inputs = self.processor(audio=clips, context=context, first_pass=self.run_first_pass(clips))
+        return self.processor.batch_decode(self.generate(**inputs.to(self.device), **kwargs))
 
 
 AutoConfig.register(ASRConfig.model_type, ASRConfig)

@@ -29,6 +29,7 @@ from transformers.processing_utils import ProcessorMixin
 from asr import lengths
 from asr.audio import AudioError, load_audio
 from asr.config import ASRConfig
+from asr.first_pass import format_hypotheses
 from asr.prompt import PromptBuilder
 
 
@@ -39,6 +40,8 @@ class PromptConfig:
     instruction: str = "Transcribe the audio."
     system_prompt: str | None = "You are a speech recognizer. Write exactly what is said."
     audio_placeholder: str = "<|audio|>"
+    # two-pass mode: the line before the first pass's hypotheses
+    first_pass_label: str = "First-pass transcript (may contain errors):"
 
     def __post_init__(self) -> None:
         if self.audio_placeholder and self.instruction and self.audio_placeholder in self.instruction:
@@ -66,6 +69,7 @@ class ASRProcessor(ProcessorMixin):
         instruction: str = PromptConfig.instruction,
         system_prompt: str | None = PromptConfig.system_prompt,
         audio_placeholder: str = PromptConfig.audio_placeholder,
+        first_pass_label: str = PromptConfig.first_pass_label,
         projector_stack: int = 5,
         pad_to_window: bool = False,
         **kwargs: Any,
@@ -73,10 +77,13 @@ class ASRProcessor(ProcessorMixin):
         self.instruction = instruction
         self.system_prompt = system_prompt
         self.audio_placeholder = audio_placeholder
+        self.first_pass_label = first_pass_label
         self.projector_stack = int(projector_stack)
         self.pad_to_window = bool(pad_to_window)
         super().__init__(feature_extractor, tokenizer, **kwargs)
-        self.prompt_builder = PromptBuilder(tokenizer, instruction, system_prompt, audio_placeholder)
+        self.prompt_builder = PromptBuilder(
+            tokenizer, instruction, system_prompt, audio_placeholder, first_pass_label
+        )
 
     @classmethod
     def from_sources(cls, config: ASRConfig, prompt: PromptConfig | None = None) -> ASRProcessor:
@@ -114,7 +121,9 @@ class ASRProcessor(ProcessorMixin):
 
     @property
     def prompt_config(self) -> PromptConfig:
-        return PromptConfig(self.instruction, self.system_prompt, self.audio_placeholder)
+        return PromptConfig(
+            self.instruction, self.system_prompt, self.audio_placeholder, self.first_pass_label
+        )
 
     def with_prompt(self, prompt: PromptConfig) -> ASRProcessor:
         """The same feature extractor and tokenizer around another prompt."""
@@ -165,16 +174,19 @@ class ASRProcessor(ProcessorMixin):
         texts: list[str] | None = None,
         contexts: list[str | None] | str | None = None,
         padding_side: str | None = None,
+        first_pass: list[list[str] | None] | None = None,
     ) -> dict[str, torch.Tensor]:
         """Token ids, attention mask and audio mask for clips with ``n_audio`` positions; with
         ``texts`` the transcripts are appended and ``labels`` returned (training: right-padded by
         default), without them each prompt ends where the answer begins (generation: left-padded
-        by default, as ``generate`` needs)."""
+        by default, as ``generate`` needs). ``first_pass``: each clip's first-pass hypotheses
+        (two-pass mode), written into its prompt."""
         contexts = contexts if isinstance(contexts, list) else [contexts] * len(n_audio)
         targets = texts if texts is not None else [None] * len(n_audio)
+        hyps = [None if h is None else format_hypotheses(h) for h in first_pass or [None] * len(n_audio)]
         built = [
-            self.prompt_builder.build(n, transcript=t, context=c)
-            for n, t, c in zip(n_audio, targets, contexts, strict=True)
+            self.prompt_builder.build(n, transcript=t, context=c, first_pass=h)
+            for n, t, c, h in zip(n_audio, targets, contexts, hyps, strict=True)
         ]
         batch = self.prompt_builder.collate(
             built, padding_side=padding_side or ("right" if texts else "left")
@@ -189,6 +201,7 @@ class ASRProcessor(ProcessorMixin):
         text: list[str] | str | None = None,
         context: list[str | None] | str | None = None,
         sampling_rate: int = lengths.SAMPLE_RATE,
+        first_pass: list[list[str] | None] | None = None,
         **_: Any,
     ) -> BatchFeature:
         """Clips -> model inputs. Each clip goes through :func:`asr.audio.load_audio` (the checks
@@ -196,18 +209,26 @@ class ASRProcessor(ProcessorMixin):
         NaN or too short rejected with :class:`~asr.audio.AudioError`).
 
         Without ``text``: features and left-padded generation prompts. With ``text``: a
-        right-padded training batch with ``labels``."""
-        single = isinstance(audio, np.ndarray) and audio.ndim == 1
-        if not single and not isinstance(audio, list | tuple):
-            raise AudioError(f"audio: expected a 1-D array or a list of arrays, got {type(audio).__name__}")
-        clips = [
-            load_audio(clip, sampling_rate=sampling_rate, name=f"<clip {i}>")
-            for i, clip in enumerate([audio] if single else audio)
-        ]
+        right-padded training batch with ``labels``. ``first_pass``: each clip's first-pass
+        hypotheses (two-pass models; :meth:`asr.modeling.ASRModel.run_first_pass`)."""
+        clips = self.validate(audio, sampling_rate)
         texts = [text] if isinstance(text, str) else text
         features = self.features(clips)
         n_audio = self.audio_positions(lengths.encoder_frames(features["mel_lengths"]))
-        return BatchFeature({**features, **self.prompts(n_audio, texts, context)})
+        return BatchFeature({**features, **self.prompts(n_audio, texts, context, first_pass=first_pass)})
+
+    @staticmethod
+    def validate(
+        audio: list[np.ndarray] | np.ndarray, sampling_rate: int = lengths.SAMPLE_RATE
+    ) -> list[np.ndarray]:
+        """One clip or a list of clips -> checked 16 kHz float32 clips (``<clip i>`` in errors)."""
+        single = isinstance(audio, np.ndarray) and audio.ndim == 1
+        if not single and not isinstance(audio, list | tuple):
+            raise AudioError(f"audio: expected a 1-D array or a list of arrays, got {type(audio).__name__}")
+        return [
+            load_audio(clip, sampling_rate=sampling_rate, name=f"<clip {i}>")
+            for i, clip in enumerate([audio] if single else audio)
+        ]
 
     def batch_decode(self, ids: torch.Tensor | list[list[int]], **kwargs: Any) -> list[str]:
         """Generated ids -> transcripts (special tokens dropped, whitespace trimmed)."""

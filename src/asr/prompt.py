@@ -35,6 +35,7 @@ class PromptBuilder:
         instruction: str,
         system_prompt: str | None = None,
         audio_placeholder: str = "<|audio|>",
+        first_pass_label: str = "First-pass transcript (may contain errors):",
     ) -> None:
         if tokenizer.chat_template is None:
             raise ValueError("the decoder's tokenizer has no chat template; use an instruct/chat model")
@@ -42,6 +43,7 @@ class PromptBuilder:
         self.instruction = instruction
         self.system_prompt = system_prompt
         self.placeholder = audio_placeholder
+        self.first_pass_label = first_pass_label
         self.end_of_turn = tokenizer.eos_token
         # any real id works: its embedding is overwritten by the audio vectors
         self.audio_token_id = (
@@ -49,19 +51,30 @@ class PromptBuilder:
         )
         self.pad_token_id = self.audio_token_id
 
-    def user_text(self, context: str | None = None) -> str:
+    def user_text(self, context: str | None = None, first_pass: str | None = None) -> str:
+        """The user turn: audio positions, instruction, then the optional parts (a context to
+        bias towards; a first pass's hypotheses, in two-pass mode)."""
         text = f"{self.placeholder}\n{self.instruction}"
         if context:
             text += f"\nContext: {context.strip()}"
+        if first_pass is not None:
+            text += f"\n{self.first_pass_label}\n{first_pass.strip()}"
         return text
 
     def _encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def build(self, n_audio: int, transcript: str | None = None, context: str | None = None) -> Prompt:
+    def build(
+        self,
+        n_audio: int,
+        transcript: str | None = None,
+        context: str | None = None,
+        first_pass: str | None = None,
+    ) -> Prompt:
         """Prompt for ``n_audio`` audio positions; with ``transcript`` the target is appended
-        (training), without it the prompt ends where the assistant turn begins (generation)."""
-        messages = [{"role": "user", "content": self.user_text(context)}]
+        (training), without it the prompt ends where the assistant turn begins (generation).
+        Context and first pass are part of the prompt, so never part of the labels."""
+        messages = [{"role": "user", "content": self.user_text(context, first_pass)}]
         if self.system_prompt:
             messages.insert(0, {"role": "system", "content": self.system_prompt})
         text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)

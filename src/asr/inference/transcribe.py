@@ -78,8 +78,10 @@ class ModelBackend:
 
     @torch.inference_mode()
     def decode(self, clips: list[np.ndarray], contexts: list[str | None], **options: Any) -> list[str]:
-        """``options``: per-call ``generate`` keywords over the backend's own."""
-        inputs = self.processor(audio=clips, context=contexts).to(self.model.device)
+        """``options``: per-call ``generate`` keywords over the backend's own. A two-pass model
+        runs its first pass here."""
+        first_pass = self.model.run_first_pass(clips)
+        inputs = self.processor(audio=clips, context=contexts, first_pass=first_pass).to(self.model.device)
         return self.processor.batch_decode(self.model.generate(**inputs, **{**self.options, **options}))
 
 
