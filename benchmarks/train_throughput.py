@@ -47,20 +47,21 @@ def worker(path: str, clips: int, steps: int, batch_size: int, threads: int) -> 
     import torch
 
     from asr import ASRConfig, ASRModel
-    from asr.data import BadRows, Collator, prepare_examples
+    from asr.corpus import prepare_examples
+    from asr.data import BadRows, Collator
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     mode = "padded" if path == "naive" else "variable"
     model = ASRModel.from_sources(ASRConfig(encoder_mode=mode))
     examples = prepare_examples(
-        rows(clips), model, BadRows(), precompute=path.startswith("cached"), progress=False
+        rows(clips), model, model.processor, BadRows(), precompute=path.startswith("cached"), progress=False
     )
     examples.sort(key=lambda ex: ex.length)  # length-grouped batches, as train.py's sampler makes
     if path.endswith("+bf16"):
         model.decoder.to(torch.bfloat16)
     lean = "+lean-fwd" in path
-    collate = Collator(model.prompts, model.projector.output_length)
+    collate = Collator(model.processor)
     batches = [collate(examples[i : i + batch_size]) for i in range(0, len(examples), batch_size)]
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     model.train()

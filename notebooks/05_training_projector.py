@@ -56,7 +56,7 @@ for text, clip in zip([*train_texts, held_out_text], clips, strict=True):
 #
 # The encoder is frozen, so its output for a clip never changes: compute it once and train from the
 # cache (`ASRModel.forward(encoder_frames=..., encoder_lengths=...)` skips the encoder). On real data
-# `asr.cache` stores them on disk; here a list is enough.
+# `asr.store` (the feature store) keeps them on disk for training runs; here a list is enough.
 
 # %%
 start = time.perf_counter()

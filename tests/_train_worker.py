@@ -11,7 +11,26 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from test_training import tiny_model_config  # noqa: E402
 
+import asr.training.loop  # noqa: E402
+from asr.corpus import StoreDataset  # noqa: E402
 from asr.training import DataConfig, TrainingConfig, train  # noqa: E402
+
+# what this rank encoded into the feature store and which rows it trained on, in order
+seen: dict[str, list] = {"encoded": [], "trained": []}
+_build, _getitem = asr.training.loop.build_store, StoreDataset.__getitem__
+
+
+def recording_build(rows, *args, **kwargs):
+    seen["encoded"].append(_build(rows, *args, **kwargs))
+    return seen["encoded"][-1]
+
+
+def recording_getitem(self, i):
+    seen["trained"].append(self.rows[i].id)
+    return _getitem(self, i)
+
+
+asr.training.loop.build_store, StoreDataset.__getitem__ = recording_build, recording_getitem
 
 torch.set_num_threads(1)
 manifest, out = sys.argv[1], Path(sys.argv[2])
@@ -33,4 +52,4 @@ cfg = TrainingConfig(
 )
 summary, model = train(tiny_model_config(), data, cfg)
 rank = int(os.environ.get("RANK", 0))
-torch.save({"summary": summary, "state": model.trainable_state_dict()}, out / f"rank{rank}.pt")
+torch.save({"summary": summary, "state": model.trainable_state_dict(), **seen}, out / f"rank{rank}.pt")

@@ -9,7 +9,8 @@ import numpy as np
 import soundfile as sf
 from conftest import tiny_model
 
-from asr.data import MAX_LABEL_TOKENS, BadRows, implausible_transcript, prepare_examples, read_manifest
+from asr.corpus import prepare_examples
+from asr.data import MAX_LABEL_TOKENS, BadRows, implausible_transcript, read_manifest
 
 
 def tone(seconds: float) -> np.ndarray:

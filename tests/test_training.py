@@ -16,9 +16,9 @@ import soundfile as sf
 import torch
 from conftest import tiny_config, tiny_model
 
-from asr.cache import EncoderCache, encoder_key
 from asr.config import ASRConfig
-from asr.data import BadRows, Collator, Example, LengthGroupedSampler, prepare_examples, read_manifest
+from asr.corpus import prepare_examples
+from asr.data import BadRows, Collator, Example, read_manifest
 from asr.generation import DecodingConfig
 from asr.processing import ASRProcessor, PromptConfig
 from asr.prompt import IGNORE_INDEX
@@ -111,42 +111,6 @@ def test_collator_mixed_lengths_and_label_mask():
         assert torch.all(labels[n:] == IGNORE_INDEX) and torch.all(batch["attention_mask"][i, n:] == 0)
     out = model(**batch)
     assert torch.isfinite(out.loss)
-
-
-def test_length_grouped_sampler_is_a_deterministic_permutation():
-    lengths = list(range(100))
-    a = list(LengthGroupedSampler(lengths, 4, seed=1))
-    assert sorted(a) == lengths and a == list(LengthGroupedSampler(lengths, 4, seed=1))
-    s = LengthGroupedSampler(lengths, 4, seed=1)
-    s.start_epoch(1)
-    assert list(s) != a
-
-
-def test_encoder_cache_hits_and_invalidation(tmp_path):
-    model = tiny_model()
-    audio = tone(1.0, 440)
-    cache = EncoderCache(tmp_path, model)
-    assert cache.get(audio) is None
-    frames = torch.randn(50, model.config.encoder_width)
-    cache.put(audio, frames)
-    assert torch.allclose(cache.get(audio).float(), frames, atol=1e-2)
-    assert cache.get(tone(1.0, 441)) is None  # other audio: miss
-    other = tiny_model(seed=1)  # other encoder weights: other key, miss
-    assert encoder_key(other) != encoder_key(model)
-    assert EncoderCache(tmp_path, other).get(audio) is None
-    model.config.encoder_mode = "padded"  # other way of running the encoder: miss
-    assert encoder_key(model) != encoder_key(tiny_model())
-    # prepare_examples reuses cached frames instead of running the encoder again
-    bad = BadRows()
-    rows = read_manifest(write_corpus(tmp_path / "d", n=4), bad)
-    model = tiny_model()
-    cache = EncoderCache(tmp_path / "c", model)
-    first = prepare_examples(rows, model, model.processor, bad, cache, progress=False)
-    assert cache.misses == 4 and cache.hits == 0
-    second = prepare_examples(rows, model, model.processor, bad, cache, progress=False)
-    assert cache.hits == 4
-    for a, b in zip(first, second, strict=True):
-        assert torch.equal(a.frames, b.frames)
 
 
 def _run(manifest: Path, out: Path, **overrides) -> dict:
@@ -312,7 +276,13 @@ def test_two_process_ddp_ends_with_identical_projectors(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     r0, r1 = torch.load(out / "rank0.pt"), torch.load(out / "rank1.pt")
-    assert r0["summary"]["num_processes"] == 2  # each rank saw half the batches
+    assert r0["summary"]["num_processes"] == 2
+    # the store was filled by both ranks, each encoding its own half of the corpus
+    assert r0["encoded"] == [4] and r1["encoded"] == [4]
+    # an epoch (2 steps of 2 rows per rank) gives each rank disjoint rows whose union is the corpus
+    first0, first1 = r0["trained"][:4], r1["trained"][:4]
+    assert not set(first0) & set(first1)
+    assert sorted(first0 + first1) == sorted(f"c{i}" for i in range(8))
     init = tiny_model().trainable_state_dict()
     for name, value in r0["state"].items():
         assert torch.equal(value, r1["state"][name]), name

@@ -18,11 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from asr.audio import AudioError, is_silent, load_audio
-from asr.lengths import SAMPLE_RATE, encoder_frames
+from asr.lengths import encoder_frames
 from asr.processing import ASRProcessor
 
 log = logging.getLogger(__name__)
@@ -74,8 +72,13 @@ def read_manifest(path: str | Path, bad: BadRows, limit: int | None = None) -> l
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: manifest not found")
+    with path.open(encoding="utf-8", errors="replace") as lines:  # line by line: large manifests
+        return _manifest_rows(path, lines, bad, limit)
+
+
+def _manifest_rows(path: Path, lines: Any, bad: BadRows, limit: int | None) -> list[dict[str, Any]]:
     rows = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
@@ -186,32 +189,6 @@ def read_source(spec: dict[str, Any], bad: BadRows) -> list[dict[str, Any]]:
     raise ValueError(f"data source type={kind!r}: expected manifest, audiofolder, hub or synthetic")
 
 
-def read_sources(specs: list[dict[str, Any]], bad: BadRows, seed: int = 0) -> list[dict[str, Any]]:
-    """Several corpora mixed by ``weight`` (a repeat factor: 2 doubles a corpus, 0.5 keeps half)."""
-    rng = random.Random(seed)
-    rows: list[dict[str, Any]] = []
-    for spec in specs:
-        part = read_source(spec, bad)
-        weight = float(spec.get("weight", 1.0))
-        whole, frac = int(weight), weight - int(weight)
-        rows += part * whole + rng.sample(part, round(frac * len(part)))
-    return rows
-
-
-def load_clip(row: dict[str, Any], bad: BadRows, max_seconds: float) -> np.ndarray | None:
-    """Decoded 16 kHz audio of a row, or None (recorded in ``bad``) if unusable."""
-    try:
-        audio = row["audio"]
-        if isinstance(audio, dict):  # an in-memory datasets Audio value
-            return load_audio(audio["array"], audio["sampling_rate"], max_seconds=max_seconds)
-        return load_audio(audio, max_seconds=max_seconds)
-    except AudioError as err:
-        bad.add(
-            str(row.get("id") if not isinstance(row["audio"], str) else row["audio"]), f"bad audio: {err}"
-        )
-        return None
-
-
 @dataclass
 class Example:
     """A prepared training example: encoder frames (cached) or features, and its target."""
@@ -222,21 +199,11 @@ class Example:
     features: torch.Tensor | None = None  # (n_mels, T_mel) log-mel, when not
     mel_length: int = 0
     context: str | None = None
+    first_pass: list[str] | None = None  # two-pass mode: the first pass's hypotheses
 
     @property
     def length(self) -> int:
         return self.frames.shape[0] if self.frames is not None else encoder_frames(self.mel_length)
-
-
-class ExampleDataset(torch.utils.data.Dataset):
-    def __init__(self, examples: list[Example]) -> None:
-        self.examples = examples
-
-    def __len__(self) -> int:
-        return len(self.examples)
-
-    def __getitem__(self, i: int) -> Example:
-        return self.examples[i]
 
 
 class Collator:
@@ -250,13 +217,28 @@ class Collator:
         self.generation = generation
 
     def __call__(self, batch: list[Example]) -> dict[str, torch.Tensor]:
+        """Rows a worker could not use (anything but an :class:`Example`: ``asr.corpus.Skipped``)
+        leave the batch and come back under ``"skipped"``, for the run to report by name."""
+        skipped = [ex for ex in batch if not isinstance(ex, Example)]
+        batch = [ex for ex in batch if isinstance(ex, Example)]
+        if not batch:
+            return {"skipped": skipped}
+        out = self._collate(batch)
+        if skipped:
+            out["skipped"] = skipped
+        return out
+
+    def _collate(self, batch: list[Example]) -> dict[str, torch.Tensor]:
         n_audio = self.processor.audio_positions([ex.length for ex in batch])
         contexts = [ex.context for ex in batch]
+        first_pass = [ex.first_pass for ex in batch]
         if self.generation:
-            out = self.processor.prompts(n_audio, contexts=contexts)
+            out = self.processor.prompts(n_audio, contexts=contexts, first_pass=first_pass)
         else:
             texts = [ex.text for ex in batch]
-            out = self.processor.prompts(n_audio, texts, contexts, padding_side="right")
+            out = self.processor.prompts(
+                n_audio, texts, contexts, padding_side="right", first_pass=first_pass
+            )
         if batch[0].frames is not None:
             lengths = torch.tensor([ex.frames.shape[0] for ex in batch])
             frames = torch.zeros(
@@ -279,38 +261,6 @@ class Collator:
         return out
 
 
-class LengthGroupedSampler(torch.utils.data.Sampler[int]):
-    """Shuffles, then sorts within mega-batches of ``50 * batch_size`` by length, so batches hold
-    clips of similar length (less padding) while the order stays random across batches.
-    Deterministic in (seed, epoch), which is what makes resumed runs replay the same order."""
-
-    def __init__(self, lengths: list[int], batch_size: int, seed: int, group: bool = True) -> None:
-        self.lengths, self.batch_size, self.seed, self.group = lengths, batch_size, seed, group
-        self.epoch = 0
-
-    def start_epoch(self, epoch: int) -> None:
-        """Named so that accelerate's own ``set_epoch`` calls (which count passes over one
-        DataLoader object, wrong after a resume) never reach it."""
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.lengths)
-
-    def __iter__(self):
-        rng = random.Random(self.seed * 100_003 + self.epoch)
-        order = list(range(len(self.lengths)))
-        rng.shuffle(order)
-        if not self.group:
-            return iter(order)
-        mega = 50 * self.batch_size
-        chunks = [
-            sorted(order[i : i + mega], key=lambda j: -self.lengths[j]) for i in range(0, len(order), mega)
-        ]
-        batches = [c[i : i + self.batch_size] for c in chunks for i in range(0, len(c), self.batch_size)]
-        rng.shuffle(batches)
-        return iter([i for b in batches for i in b])
-
-
 MAX_CHARS_PER_SECOND = 40.0  # the corpora here peak at 27.5 (a 0.18 s "three"), typical 7-16
 CHAR_SLACK = 20  # characters allowed on top, so one short word on a very short clip passes
 MAX_LABEL_TOKENS = 448  # Whisper's own cap on a 30 s window's tokens
@@ -330,6 +280,8 @@ def implausible_transcript(
     allowed = max_chars_per_second * seconds + CHAR_SLACK
     if len(text) > allowed:
         return f"implausible transcript: {len(text)} characters for {seconds:.2f} s of audio (at most {allowed:.0f})"
+    if len(text.encode()) <= max_label_tokens:  # byte-level BPE: never more tokens than bytes
+        return None
     tokens = len(tokenizer(text, add_special_tokens=False)["input_ids"])
     if tokens > max_label_tokens:
         return f"implausible transcript: {tokens} tokens, over the cap of {max_label_tokens}"
@@ -344,104 +296,3 @@ def hotword_context(text: str, vocabulary: list[str], rng: random.Random) -> str
     picked += rng.sample(vocabulary, min(len(vocabulary), rng.randint(1, 3)))
     rng.shuffle(picked)
     return ", ".join(dict.fromkeys(picked))
-
-
-def _unusable(  # noqa: PLR0913 - the row and the limits it is checked against
-    audio: np.ndarray,
-    text: str,
-    row: dict[str, Any],
-    bad: BadRows,
-    processor: ASRProcessor,
-    max_chars_per_second: float,
-    max_label_tokens: int,
-) -> bool:
-    """Whether a decoded row cannot train the model (silent, or a transcript its audio cannot
-    hold); the reason goes to ``bad``."""
-    seconds = len(audio) / SAMPLE_RATE
-    reason = "silent audio: RMS below -60 dBFS" if is_silent(audio) else None
-    reason = reason or implausible_transcript(
-        text, seconds, processor.tokenizer, max_chars_per_second, max_label_tokens
-    )
-    if reason:
-        bad.add(str(row["audio"]), reason)
-    return reason is not None
-
-
-def prepare_examples(
-    rows: list[dict[str, Any]],
-    model: Any,
-    processor: ASRProcessor,
-    bad: BadRows,
-    cache: Any = None,
-    precompute: bool = True,
-    max_seconds: float = 30.0,
-    text_normalization: str = "none",
-    context_prob: float = 0.0,
-    seed: int = 0,
-    batch_size: int = 16,
-    progress: bool = True,
-    max_chars_per_second: float = MAX_CHARS_PER_SECOND,
-    max_label_tokens: int = MAX_LABEL_TOKENS,
-) -> list[Example]:
-    """Decode, validate and (with ``precompute``) encode every row once.
-
-    Rows with unusable audio, or with a transcript too long for their audio
-    (:func:`implausible_transcript`), are skipped and recorded in ``bad``.
-
-    With ``precompute`` the frozen encoder runs here, in length-sorted batches, and its frames are
-    kept (and cached on disk when ``cache`` is given); without it the examples keep log-mel
-    features and the encoder runs in every training step (the naive path, for benchmarks).
-    """
-    from tqdm.auto import tqdm
-
-    rng = random.Random(seed)
-    vocabulary = sorted({w for r in rows for w in normalize_target(r["text"], text_normalization).split()})
-    pending: list[tuple[dict[str, Any], np.ndarray, str]] = []
-    for row in tqdm(rows, desc="reading audio", disable=not progress):
-        audio = load_clip(row, bad, max_seconds)
-        text = normalize_target(row["text"], text_normalization)
-        if audio is not None and not _unusable(
-            audio, text, row, bad, processor, max_chars_per_second, max_label_tokens
-        ):
-            pending.append((row, audio, text))
-    contexts = [
-        hotword_context(t, vocabulary, rng) if rng.random() < context_prob else row.get("context")
-        for row, _, t in pending
-    ]
-    order = sorted(range(len(pending)), key=lambda i: len(pending[i][1]))
-    results: dict[int, Example] = {}
-    todo = []
-    for i in order:
-        row, audio, text = pending[i]
-        frames = cache.get(audio) if (cache is not None and precompute) else None
-        if frames is not None:
-            results[i] = Example(row["id"], text, frames=frames, context=contexts[i])
-        else:
-            todo.append(i)
-    batches = [todo[j : j + batch_size] for j in range(0, len(todo), batch_size)]
-    for batch in tqdm(
-        batches, desc="encoding audio" if precompute else "log-mel", disable=not progress or not batches
-    ):
-        audios = [pending[i][1] for i in batch]
-        feats = processor.features(audios)
-        if not precompute:
-            for n, i in enumerate(batch):
-                m = int(feats["mel_lengths"][n])
-                results[i] = Example(
-                    pending[i][0]["id"],
-                    pending[i][2],
-                    features=feats["input_features"][n, :, : m + m % 2].clone(),
-                    mel_length=m,
-                    context=contexts[i],
-                )
-            continue
-        with torch.no_grad():
-            frames, lengths = model.encode(
-                feats["input_features"].to(model.device), feats["mel_lengths"].to(model.device)
-            )
-        for n, i in enumerate(batch):
-            f = frames[n, : int(lengths[n])].to(torch.float16).cpu().clone()
-            if cache is not None:
-                cache.put(pending[i][1], f)
-            results[i] = Example(pending[i][0]["id"], pending[i][2], frames=f, context=contexts[i])
-    return [results[i] for i in range(len(pending))]

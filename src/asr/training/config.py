@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
+from asr.augment import AugmentConfig
 from asr.config import ASRConfig
 from asr.generation import DecodingConfig
 from asr.processing import PromptConfig
@@ -47,9 +48,12 @@ class TrainingConfig:
     mixed_precision: str = "auto"  # auto | bf16 | fp16 | no
     threads: int | None = None
     group_by_length: bool = True
-    cache_encoder: bool = True  # cached frames on disk; False still precomputes in memory
-    cache_dir: str | None = None  # default: $ASR_CACHE/encoder-cache
-    precompute: bool = True  # False: run the encoder every step (the naive path)
+    # the feature store (asr.store): encoder frames computed once per clip, memory-mapped in training
+    cache_encoder: bool = True  # False: the store lives in output_dir, not shared with other runs
+    cache_dir: str | None = None  # the shared store's root; default: $ASR_CACHE/feature-store
+    precompute: bool = True  # False: decode in workers and run the encoder every step (naive path)
+    num_workers: int = 0  # DataLoader workers: decoding (store build, on-the-fly path) and reading
+    batch_seconds: float | None = None  # dynamic batches: rows x longest clip <= this many seconds
     context_prob: float = 0.0  # prompt-conditioned training: share of examples with a context
     log_every: int = 10
     eval_every: int = 100
@@ -69,6 +73,8 @@ class TrainingConfig:
             "eval_every": self.eval_every > 0,
             "save_every": self.save_every > 0,
             "context_prob": 0.0 <= self.context_prob <= 1.0,
+            "num_workers": self.num_workers >= 0,
+            "batch_seconds": self.batch_seconds is None or self.batch_seconds > 0,
             "mixed_precision": self.mixed_precision in ("auto", "bf16", "fp16", "no"),
             "scheduler": self.scheduler in ("cosine", "linear", "constant_with_warmup"),
             "wandb.mode": self.wandb.get("mode", "offline") in ("offline", "online", "disabled"),
@@ -80,15 +86,19 @@ class TrainingConfig:
 
 @dataclass
 class DataConfig:
-    """The corpora (see :func:`asr.data.read_source` for the keys of one entry) and how clips and
-    transcripts are filtered; Hydra's ``data`` group."""
+    """The corpora (see :func:`asr.data.read_source` for the keys of one entry, and
+    :func:`asr.corpus.index_sources` for ``weight`` and ``fraction``), how clips and transcripts
+    are filtered, and augmentation; Hydra's ``data`` group."""
 
     train: list[dict[str, Any]]
     eval: list[dict[str, Any]]
     max_seconds: float = 30.0
     text_normalization: str = "none"  # none | lower | plain
+    augment: AugmentConfig = field(default_factory=AugmentConfig)  # on-the-fly, in workers
 
     def __post_init__(self) -> None:
+        if isinstance(self.augment, dict):  # from a composed Hydra tree
+            self.augment = AugmentConfig(**self.augment)
         if not self.train:
             raise ValueError("data.train: at least one corpus is needed")
         if not 0 < self.max_seconds <= 30:

@@ -17,6 +17,7 @@ import resource
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,22 +27,27 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from asr.cache import EncoderCache
+from asr.augment import Augmenter
 from asr.config import ASRConfig
-from asr.data import (
-    BadRows,
-    Collator,
-    Example,
-    ExampleDataset,
-    LengthGroupedSampler,
-    prepare_examples,
-    read_sources,
+from asr.corpus import (
+    AudioDataset,
+    MixtureSampler,
+    Row,
+    StoreDataset,
+    add_contexts,
+    build_store,
+    estimate_frames,
+    index_sources,
+    usable_rows,
 )
+from asr.data import BadRows, Collator, Example
 from asr.evaluate import corpus_cer, corpus_wer
+from asr.first_pass import first_pass_key
 from asr.generation import DecodingConfig
 from asr.modeling import ASRModel
 from asr.processing import ASRProcessor, PromptConfig
 from asr.sources import cache_dir
+from asr.store import FeatureStore, HypothesisStore, encoder_key
 from asr.training.checkpoint import checkpoints, load_checkpoint, save_checkpoint, save_final
 from asr.training.config import DataConfig, TrainingConfig
 
@@ -85,7 +91,8 @@ def build_model(model_config: dict[str, Any], init_from: str | None) -> ASRModel
 
     From a checkpoint the architecture (sources, projector) is the checkpoint's; ``model`` may only
     add LoRA adapters (``lora`` / ``encoder_lora``) that the checkpoint does not have yet: they
-    start as the identity (peft's B = 0), so the stage begins exactly where the last one ended.
+    start as the identity (peft's B = 0), so the stage begins exactly where the last one ended;
+    and turn on a first pass (``first_pass: whisper``: a one-pass model trained on as two-pass).
     Prompt and decoding options are not the model's: they come from their own groups.
     """
     if not init_from:
@@ -94,6 +101,9 @@ def build_model(model_config: dict[str, Any], init_from: str | None) -> ASRModel
     added = [key for key in ("lora", "encoder_lora") if model_config.get(key) and not getattr(config, key)]
     for key in added:
         setattr(config, key, dict(model_config[key]))
+    if model_config.get("first_pass", "none") != "none":  # a one-pass checkpoint made two-pass
+        config.first_pass = model_config["first_pass"]
+        config.first_pass_n_best = int(model_config.get("first_pass_n_best", 1))
     return ASRModel.from_pretrained(init_from, config=config, new_lora=bool(added))
 
 
@@ -164,57 +174,84 @@ def load_model(
 
 @dataclass
 class Corpus:
-    """The prepared examples, the bad rows met on the way and the encoder cache's counts."""
+    """The training set (a dataset over the row index), the eval examples (in memory), the bad
+    rows met on the way, and what the feature store did."""
 
-    train: list[Example]
+    train: torch.utils.data.Dataset
+    rows: list[Row]
+    weights: list[float]
     eval: list[Example]
     bad: BadRows
-    cache: EncoderCache | None
     seconds: float
+    store: dict[str, Any] = field(default_factory=dict)
+
+
+def store_root(cfg: TrainingConfig) -> Path:
+    """Shared across runs (``$ASR_CACHE/feature-store``, or ``cache_dir``), or inside the run's
+    folder with ``cache_encoder: false``."""
+    if not cfg.cache_encoder:
+        return Path(cfg.output_dir) / "feature-store"
+    return Path(cfg.cache_dir) if cfg.cache_dir else cache_dir() / "feature-store"
 
 
 def prepare_data(
-    data: DataConfig, cfg: TrainingConfig, model: ASRModel, processor: ASRProcessor, progress: bool
+    data: DataConfig, cfg: TrainingConfig, model: ASRModel, processor: ASRProcessor, accelerator: Accelerator
 ) -> Corpus:
-    """Read the corpora, decode and validate every clip, and run the frozen encoder once per clip
-    (frames cached on disk with ``cache_encoder``)."""
-    bad = BadRows()
-    train_rows = read_sources(data.train, bad, seed=cfg.seed)
-    eval_rows = read_sources(data.eval, bad, seed=cfg.seed + 1) if data.eval else []
-    cache_root = Path(cfg.cache_dir) if cfg.cache_dir else cache_dir() / "encoder-cache"
-    cache = EncoderCache(cache_root, model) if cfg.cache_encoder and cfg.precompute else None
-    prep = {
-        "max_seconds": data.max_seconds,
-        "text_normalization": data.text_normalization,
-        "progress": progress,
-    }
+    """Index the corpora (no audio in memory), fill the feature store with what it lacks (each
+    rank its share, then a barrier), and build the datasets that read it.
+
+    With ``precompute: false`` or augmentation on, training examples are decoded (and augmented)
+    in DataLoader workers and the encoder runs every step; eval examples always come from the
+    store."""
     t0 = time.time()
-    train_examples = prepare_examples(
-        train_rows,
+    progress = accelerator.is_main_process
+    bad = BadRows()
+    train_rows, weights = index_sources(data.train, bad, cfg.seed, data.text_normalization)
+    add_contexts(train_rows, cfg.context_prob, cfg.seed)
+    eval_specs = [{**spec, "fraction": spec.get("fraction", spec.get("weight", 1.0))} for spec in data.eval]
+    eval_rows = index_sources(eval_specs, bad, cfg.seed + 1, data.text_normalization)[0][: cfg.eval_samples]
+    on_the_fly = not cfg.precompute or data.augment.enabled
+    store = FeatureStore(store_root(cfg), encoder_key(model), model.config.encoder_width)
+    hypotheses = None
+    if model.config.first_pass != "none":
+        key = first_pass_key(model.config.encoder_source, model.config.first_pass_n_best)
+        hypotheses = HypothesisStore(store.dir.parent, key)
+    built = build_store(
+        eval_rows if on_the_fly and hypotheses is None else train_rows + eval_rows,
         model,
         processor,
-        bad,
-        cache,
-        cfg.precompute,
-        context_prob=cfg.context_prob,
-        seed=cfg.seed,
-        **prep,
+        store,
+        hypotheses,
+        data.max_seconds,
+        num_workers=cfg.num_workers,
+        rank=accelerator.process_index,
+        world_size=accelerator.num_processes,
+        progress=progress,
     )
-    eval_examples = prepare_examples(
-        eval_rows[: cfg.eval_samples],
-        model,
-        processor,
-        bad,
-        cache,
-        True,
-        context_prob=0.0,
-        seed=cfg.seed,
-        **prep,
-    )
-    seconds = time.time() - t0
-    if not train_examples:
+    accelerator.wait_for_everyone()  # sync point: every rank's shards are committed
+    store.refresh()
+    if hypotheses is not None:
+        hypotheses.reload()  # the other ranks' lines
+    usable = partial(usable_rows, store=store, tokenizer=processor.tokenizer, hypotheses=hypotheses)
+    eval_examples = prepare_eval(usable(eval_rows, bad=bad), store)
+    if on_the_fly:
+        for row in train_rows:
+            row.frames = estimate_frames(row)
+            row.first_pass = hypotheses.get(row.key) if hypotheses else None
+        augmenter = Augmenter(data.augment, cfg.seed) if data.augment.enabled else None
+        train = AudioDataset(train_rows, processor, augmenter, cfg.seed, data.max_seconds)
+    else:
+        train_rows = usable(train_rows, bad=bad)
+        train = StoreDataset(train_rows, store)
+    if not train_rows:
         raise RuntimeError(f"no usable training examples. {bad.summary()}")
-    return Corpus(train_examples, eval_examples, bad, cache, seconds)
+    info = {"clips": len(store), "encoded_here": built, "dir": str(store.dir)}
+    return Corpus(train, train_rows, weights, eval_examples, bad, time.time() - t0, info)
+
+
+def prepare_eval(rows: list[Row], store: FeatureStore) -> list[Example]:
+    dataset = StoreDataset(rows, store)
+    return [dataset[i] for i in range(len(rows))]
 
 
 @dataclass
@@ -227,7 +264,7 @@ class Run:
     processor: ASRProcessor
     optimizer: torch.optim.Optimizer
     scheduler: Any
-    sampler: LengthGroupedSampler
+    sampler: MixtureSampler
     loader: torch.utils.data.DataLoader
     trainable: list[torch.nn.Parameter]
     output_dir: Path
@@ -246,17 +283,20 @@ def setup_optimisation(
     scheduler = get_scheduler(
         cfg.scheduler, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.max_steps
     )
-    sampler = LengthGroupedSampler(
-        [ex.length for ex in corpus.train],
-        cfg.batch_size * accelerator.num_processes,
+    sampler = MixtureSampler(
+        [row.frames for row in corpus.rows],
+        [row.corpus for row in corpus.rows],
+        corpus.weights,
+        cfg.batch_size,
         cfg.seed,
         cfg.group_by_length,
+        cfg.batch_seconds,
     )
     loader = torch.utils.data.DataLoader(
-        ExampleDataset(corpus.train),
-        batch_size=cfg.batch_size,
-        sampler=sampler,
+        corpus.train,
+        batch_sampler=sampler,
         collate_fn=Collator(processor),
+        num_workers=cfg.num_workers,
     )
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     return Run(
@@ -295,17 +335,22 @@ def resume(run: Run, cfg: TrainingConfig) -> Position:
     return position
 
 
-def batches(run: Run, pos: Position, max_steps: int) -> Iterator[dict[str, torch.Tensor]]:
+def batches(run: Run, pos: Position, max_steps: int, bad: BadRows) -> Iterator[dict[str, torch.Tensor]]:
     """Micro-batches from ``pos`` on, epoch after epoch, advancing ``pos``'s data position: the
-    same order whether the run started at step 0 or resumed from a checkpoint."""
+    same order whether the run started at step 0 or resumed from a checkpoint. Rows a worker
+    could not decode are reported in ``bad`` and leave their batch."""
     while pos.step < max_steps:
         run.sampler.start_epoch(pos.epoch)
+        run.loader.dataset.epoch = pos.epoch  # workers derive augmentation from it
         loader = run.loader
         if pos.batch_in_epoch:
             loader = run.accelerator.skip_first_batches(run.loader, pos.batch_in_epoch)
         for batch in loader:
             pos.batch_in_epoch += 1
-            yield batch
+            for skipped in batch.pop("skipped", []):
+                bad.add(skipped.name, skipped.reason)
+            if "input_ids" in batch:
+                yield batch
         pos.epoch, pos.batch_in_epoch = pos.epoch + 1, 0
 
 
@@ -376,11 +421,13 @@ def _init_wandb(cfg: TrainingConfig, config: dict[str, Any]) -> Any:
 
 
 class LossMeter:
-    """Training loss and throughput between log rows. The loss stays a detached tensor until a row
-    is logged, so the micro-steps never wait for the device to report it."""
+    """Training loss and throughput between log rows (and in all). The loss stays a detached
+    tensor until a row is logged, so the micro-steps never wait for the device to report it."""
 
     def __init__(self) -> None:
-        self.start, self.samples = time.time(), 0
+        self.start = self.interval_start = time.time()
+        self.samples = self.interval_samples = 0
+        self.first_step: float | None = None  # seconds from the loop's start to its first step
         self.total: torch.Tensor | float = 0.0
         self.count = 0
 
@@ -388,16 +435,23 @@ class LossMeter:
         self.total = self.total + loss.detach().double()
         self.count += 1
         self.samples += batch["input_ids"].shape[0]
+        self.interval_samples += batch["input_ids"].shape[0]
+
+    def stepped(self) -> None:
+        if self.first_step is None:
+            self.first_step = time.time() - self.start
 
     def row(self, run: Run, pos: Position) -> dict[str, Any]:
         loss = float(self.total / self.count)  # sync point: the one .item() per log row
-        self.total, self.count = 0.0, 0
+        now = time.time()
+        rate = self.interval_samples / max(now - self.interval_start, 1e-9)
+        self.total, self.count, self.interval_samples, self.interval_start = 0.0, 0, 0, now
         return {
             "step": pos.step,
             "epoch": pos.epoch,
             "loss": loss,
             "lr": run.scheduler.get_last_lr()[0],
-            "samples_per_s": self.samples / (time.time() - self.start),
+            "samples_per_s": rate,
         }
 
 
@@ -455,7 +509,7 @@ def train(
     t0 = time.time()
     model, processor = load_model(model_config, cfg, accelerator, prompt, generation)
     load_seconds = time.time() - t0
-    corpus = prepare_data(data, cfg, model, processor, progress=accelerator.is_main_process)
+    corpus = prepare_data(data, cfg, model, processor, accelerator)
     run = setup_optimisation(model, processor, corpus, cfg, accelerator)
     pos = resume(run, cfg)
     logger = Logger(run, cfg, run_config(model_config, data, cfg, prompt, generation))
@@ -468,7 +522,7 @@ def train(
     run.model.train()
     progress = tqdm(total=cfg.max_steps, initial=pos.step, desc="training", disable=not run.main)
     meter = LossMeter()
-    for batch in batches(run, pos, cfg.max_steps):
+    for batch in batches(run, pos, cfg.max_steps, corpus.bad):
         with accelerator.accumulate(run.model):
             loss = run.model(**batch).loss
             accelerator.backward(loss)  # sync point (DDP): gradients all-reduced on a step's last micro-batch
@@ -481,6 +535,7 @@ def train(
         if not accelerator.sync_gradients:
             continue  # accumulating: not an optimiser step yet
         pos.step += 1
+        meter.stepped()
         progress.update(1)
         if due(pos.step, cfg.log_every, cfg.max_steps):
             pos.history.append(meter.row(run, pos))  # sync point: loss.item()
@@ -493,7 +548,13 @@ def train(
         if pos.step >= cfg.max_steps:
             break
     progress.close()
-    timings = {"train": time.time() - meter.start, "prepare": corpus.seconds, "load": load_seconds}
+    timings = {
+        "train": time.time() - meter.start,
+        "prepare": corpus.seconds,
+        "load": load_seconds,
+        # from train() to the end of the first optimiser step: load + data + first step
+        "first_step": (meter.start - t0) + (meter.first_step or 0.0),
+    }
     summary = finish(run, corpus, cfg, pos, before, meter, timings, logger)
     return summary, run.unwrapped
 
@@ -533,7 +594,8 @@ def finish(
             "train_seconds": timings["train"],
             "prepare_seconds": timings["prepare"],
             "load_seconds": timings["load"],
-            "cache": {"hits": corpus.cache.hits, "misses": corpus.cache.misses} if corpus.cache else None,
+            "first_step_seconds": timings["first_step"],
+            "feature_store": corpus.store,
             "bad_rows": len(corpus.bad),
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "trainable_parameters": sum(p.numel() for p in run.trainable),
