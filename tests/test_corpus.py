@@ -251,3 +251,52 @@ def test_store_training_resumes_exactly_with_dynamic_batches(tmp_path, batch_sec
     resumed = _run(manifest, tmp_path / "b", batch_seconds=batch_seconds)
     for name, value in straight["state"].items():
         assert torch.allclose(value, resumed["state"][name], atol=1e-6), name
+
+
+def test_a_hub_dataset_is_streamed_text_first_then_into_the_store(tmp_path):
+    """A (local, parquet) hub dataset: the index holds text and positions only; the store build
+    streams the audio once; a corrupt row is skipped by its position."""
+    import io
+
+    from datasets import Dataset, Features, Value
+
+    from asr.data import HubClip
+
+    clips = []
+    for i in range(5):
+        buffer = io.BytesIO()
+        sf.write(buffer, tone(0.5 + 0.1 * i, 300 + 50 * i), 16000, format="WAV")
+        clips.append(buffer.getvalue())
+    clips[3] = b"RIFF broken"
+    # the storage of datasets' Audio feature (writing Audio itself would need torchcodec)
+    audio = {"bytes": Value("binary"), "path": Value("string")}
+    features = Features({"audio": audio, "text": Value("string"), "id": Value("string")})
+    ds = Dataset.from_dict(
+        {
+            "audio": [{"bytes": b, "path": f"c{i}.wav"} for i, b in enumerate(clips)],
+            "text": ["red", "green", "blue", "cat", "dog"],
+            "id": [f"u{i}" for i in range(5)],
+        },
+        features=features,
+    )
+    (tmp_path / "hub" / "data").mkdir(parents=True)
+    ds.to_parquet(tmp_path / "hub" / "data" / "train-00000-of-00001.parquet")
+    spec = {"type": "hub", "name": str(tmp_path / "hub"), "split": "train", "streaming": True}
+    rows, _ = index_sources([spec], BadRows())
+    assert [r.id for r in rows] == [f"u{i}" for i in range(5)]
+    assert all(isinstance(r.audio, HubClip) for r in rows)
+    model = tiny_model()
+    store = store_for(model, tmp_path / "s")
+    assert build_store(rows, model, model.processor, store, num_workers=2, batch_size=2, progress=False) == 5
+    store.refresh()
+    bad = BadRows()
+    kept = usable_rows(rows, store, bad, None)
+    assert [r.id for r in kept] == ["u0", "u1", "u2", "u4"]
+    assert bad.rows[0][0].endswith("#3") and "bad audio" in bad.rows[0][1]
+    # frames equal the encoder's on the same audio
+    feats = model.processor.features([tone(0.5, 300)])
+    frames, lengths = model.encode(feats["input_features"], feats["mel_lengths"])
+    stored = torch.from_numpy(np.array(store.frames(kept[0].key))).float()
+    assert torch.allclose(stored, frames[0, : int(lengths[0])], atol=1e-2)
+    # and a second run streams nothing
+    assert build_store(index_sources([spec], BadRows())[0], model, model.processor, store, progress=False) == 0

@@ -17,26 +17,31 @@ Flow (``asr.training.loop.prepare_data`` drives it):
 
 from __future__ import annotations
 
+import itertools
 import logging
 import random
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import torch
 
 from asr.audio import AudioError, is_silent, load_audio
+from asr.augment import sample_rng
 from asr.data import (
     MAX_CHARS_PER_SECOND,
     MAX_LABEL_TOKENS,
     BadRows,
     Example,
+    HubClip,
     hotword_context,
     implausible_transcript,
     normalize_target,
     read_source,
+    stream_hub_audio,
 )
 from asr.lengths import SAMPLE_RATE, encoder_frames, mel_frames, seconds
 from asr.store import FeatureStore, HypothesisStore, encoder_key, source_key
@@ -133,6 +138,8 @@ class DecodeDataset(torch.utils.data.Dataset):
 
 
 def _row_name(row: Row) -> str:
+    if isinstance(row.audio, HubClip):
+        return row.audio.name
     return row.audio if isinstance(row.audio, str) else row.id
 
 
@@ -168,24 +175,61 @@ def build_store(  # noqa: PLR0913 - the rows, the models and how the work is spl
     mine.sort(key=lambda r: r.frames)  # length-sorted batches: less padding
     if not mine:
         return 0
+    local = [row for row in mine if not isinstance(row.audio, HubClip)]
     loader = torch.utils.data.DataLoader(
-        DecodeDataset(mine, max_seconds),
+        DecodeDataset(local, max_seconds),
         batch_size=batch_size,
         num_workers=num_workers,
         collate_fn=list,
     )
+    decoded = ([(local[i], audio, reason) for i, audio, reason in batch] for batch in loader)
+    hub = _hub_batches(
+        [row for row in mine if isinstance(row.audio, HubClip)], max_seconds, batch_size, num_workers
+    )
     writer = store.writer(rank)
-    for batch in tqdm(loader, desc="feature store", disable=not progress):
+    bar = tqdm(total=len(mine), desc="feature store", disable=not progress)
+    for batch in itertools.chain(decoded, hub):
         good = []
-        for i, audio, reason in batch:
+        for row, audio, reason in batch:
             if reason:
-                writer.skip(mine[i].key, reason)
-                log.warning("skipping %s: %s", _row_name(mine[i]), reason)
+                writer.skip(row.key, reason)
+                log.warning("skipping %s: %s", _row_name(row), reason)
             else:
-                good.append((mine[i], audio))
+                good.append((row, audio))
         _encode_into(good, model, processor, store, writer, hypotheses if two_pass else None)
+        bar.update(len(batch))
+    bar.close()
     writer.close()
     return len(mine)
+
+
+def _hub_batches(
+    rows: list[Row], max_seconds: float, batch_size: int, threads: int
+) -> Iterator[list[tuple[Row, np.ndarray | None, str | None]]]:
+    """Hub rows decoded as their split is streamed (once per split, in stream order), in a pool of
+    ``threads`` (soundfile decodes outside the GIL)."""
+    by_split: dict[tuple, list[Row]] = {}
+    for row in rows:
+        clip = row.audio
+        by_split.setdefault((clip.dataset, clip.config, clip.split, clip.audio_column), []).append(row)
+    with ThreadPoolExecutor(max(threads, 1)) as pool:
+        for split_rows in by_split.values():
+            row_of = {row.audio.index: row for row in split_rows}
+            pending = []
+            for clip, payload in stream_hub_audio(
+                sorted((r.audio for r in split_rows), key=lambda c: c.index)
+            ):
+                pending.append((row_of[clip.index], payload))
+                if len(pending) == batch_size:
+                    yield list(pool.map(lambda item: _decode_payload(*item, max_seconds), pending))
+                    pending = []
+            if pending:
+                yield list(pool.map(lambda item: _decode_payload(*item, max_seconds), pending))
+
+
+def _decode_payload(row: Row, payload: Any, max_seconds: float) -> tuple[Row, np.ndarray | None, str | None]:
+    _, audio, reason = DecodeDataset([replace(row, audio=payload)], max_seconds)[0]  # bytes or a path
+    return row, audio, reason
 
 
 def _encode_into(
@@ -295,7 +339,7 @@ class AudioDataset(torch.utils.data.Dataset):
         _, audio, reason = DecodeDataset([row], self.max_seconds)[0]
         if reason:  # reported by the main process (BadRows), not here
             return Skipped(_row_name(row), reason)
-        rng = np.random.default_rng([self.seed, self.epoch, i])
+        rng = sample_rng(self.seed, self.epoch, i)
         if self.augmenter is not None:
             augmented = self.augmenter(audio, rng)
             # a slowed-down clip near 30 s would leave Whisper's window: keep it as it was

@@ -129,6 +129,41 @@ def read_audiofolder(folder: str | Path, bad: BadRows, limit: int | None = None)
     return rows
 
 
+@dataclass(frozen=True)
+class HubClip:
+    """Where a hub row's audio is: its position in the split's stream. The index pass reads the
+    text column only; the feature store's build streams the audio once (:func:`stream_hub_audio`),
+    so no audio is ever held for the whole corpus."""
+
+    dataset: str
+    config: str | None
+    split: str
+    index: int
+    audio_column: str = "audio"
+    streaming: bool = True
+
+    @property
+    def name(self) -> str:
+        return f"{self.dataset}[{self.config or ''}:{self.split}]#{self.index}"
+
+    @property
+    def store_key(self) -> str:
+        """What identifies its audio in the feature store (:func:`asr.store.source_key`)."""
+        return f"hub|{self.dataset}|{self.config}|{self.split}|{self.index}"
+
+
+def _hub_dataset(name: str, config: str | None, split: str, streaming: bool) -> Any:
+    from datasets import load_dataset
+
+    from asr.sources import hub_reachable, offline_hint
+
+    if not Path(name).exists() and not hub_reachable():
+        raise RuntimeError(
+            f"dataset {name!r}: the Hugging Face Hub is unreachable (offline?). {offline_hint()}"
+        )
+    return load_dataset(name, config, split=split, streaming=streaming)
+
+
 def read_hub(
     name: str,
     bad: BadRows,
@@ -139,30 +174,43 @@ def read_hub(
     streaming: bool = True,
     limit: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Rows of a hub dataset (LibriSpeech, Common Voice...). Audio is kept undecoded
-    (``Audio(decode=False)``) and decoded by us with soundfile, so no FFmpeg/torchcodec is needed."""
-    from datasets import Audio, load_dataset
-
-    from asr.sources import hub_reachable, offline_hint
-
-    if not Path(name).exists() and not hub_reachable():
-        raise RuntimeError(
-            f"dataset {name!r}: the Hugging Face Hub is unreachable (offline?). {offline_hint()}"
-        )
-    ds = load_dataset(name, config, split=split, streaming=streaming)
-    ds = ds.cast_column(audio_column, Audio(decode=False))
+    """Rows of a hub dataset (LibriSpeech, Common Voice...), text only: ``audio`` is a
+    :class:`HubClip`. With ``streaming`` nothing is downloaded up front, and only the text (and
+    id) columns are read here (parquet datasets skip the audio bytes entirely)."""
+    ds = _hub_dataset(name, config, split, streaming)
+    columns = [c for c in (text_column, "id") if ds.column_names is None or c in ds.column_names]
+    if ds.column_names is not None and text_column not in ds.column_names:
+        raise ValueError(f"dataset {name!r}: no column {text_column!r} (has {ds.column_names})")
     rows = []
-    for i, example in enumerate(ds):
-        audio = example[audio_column]
+    for i, example in enumerate(ds.select_columns(columns)):
+        clip = HubClip(name, config, split, i, audio_column, streaming)
         text = example.get(text_column)
-        ident = str(example.get("id") or audio.get("path") or f"{name}:{i}")
         if not isinstance(text, str) or not text.strip():
-            bad.add(ident, "empty transcript")
+            bad.add(clip.name, "empty transcript")
             continue
-        rows.append({"id": ident, "audio": audio.get("bytes") or audio.get("path"), "text": text})
+        rows.append({"id": str(example.get("id") or clip.name), "audio": clip, "text": text})
         if limit and len(rows) >= limit:
             break
     return rows
+
+
+def stream_hub_audio(clips: list[HubClip]) -> Any:
+    """``(clip, file bytes or decoded array dict)`` for the wanted clips of one split, in stream
+    order, reading the stream once and stopping after the last wanted row. Audio stays undecoded
+    (``Audio(decode=False)``) and is decoded by us with soundfile: no FFmpeg or torchcodec."""
+    from datasets import Audio
+
+    first = clips[0]
+    wanted = {c.index: c for c in clips}
+    ds = _hub_dataset(first.dataset, first.config, first.split, first.streaming)
+    ds = ds.cast_column(first.audio_column, Audio(decode=False))
+    last = max(wanted)
+    for i, example in enumerate(ds.select_columns([first.audio_column])):
+        if i in wanted:
+            audio = example[first.audio_column]
+            yield wanted[i], audio.get("bytes") or audio.get("path")
+        if i >= last:
+            return
 
 
 def read_source(spec: dict[str, Any], bad: BadRows) -> list[dict[str, Any]]:

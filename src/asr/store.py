@@ -20,9 +20,12 @@ import numpy as np
 
 
 def source_key(audio: Any) -> str:
-    """Identity of a row's audio: ``path|size|mtime`` for a file, a hash of bytes or samples."""
+    """Identity of a row's audio: ``path|size|mtime`` for a file, dataset/split/position for a
+    hub row, a hash of bytes or samples."""
     h = hashlib.sha256()
-    if isinstance(audio, str | Path):
+    if hasattr(audio, "store_key"):  # a row of a streamed hub dataset (asr.data.HubClip)
+        h.update(audio.store_key.encode())
+    elif isinstance(audio, str | Path):
         path = Path(audio).resolve()
         try:
             stat = path.stat()

@@ -40,7 +40,7 @@ from asr.corpus import (
     index_sources,
     usable_rows,
 )
-from asr.data import BadRows, Collator, Example
+from asr.data import BadRows, Collator, Example, HubClip
 from asr.evaluate import corpus_cer, corpus_wer
 from asr.first_pass import first_pass_key
 from asr.generation import DecodingConfig
@@ -235,6 +235,11 @@ def prepare_data(
     usable = partial(usable_rows, store=store, tokenizer=processor.tokenizer, hypotheses=hypotheses)
     eval_examples = prepare_eval(usable(eval_rows, bad=bad), store)
     if on_the_fly:
+        if any(isinstance(row.audio, HubClip) for row in train_rows):
+            raise ValueError(
+                "hub corpora are streamed once into the feature store; augmentation and "
+                "training.precompute=false read clips by row: use a manifest or audiofolder copy"
+            )
         for row in train_rows:
             row.frames = estimate_frames(row)
             row.first_pass = hypotheses.get(row.key) if hypotheses else None
