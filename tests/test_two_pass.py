@@ -133,3 +133,20 @@ def test_ctranslate2_first_pass_equals_faster_whisper(dev_rows) -> None:
     ours = [h[0] for h in CTranslate2FirstPass(threads=2)(clips)]
     baseline = FasterWhisperBackend(threads=2).decode(clips, [None] * len(clips))
     assert ours == baseline
+
+
+def test_the_pipeline_and_trace_run_the_first_pass(tmp_path) -> None:
+    from transformers import pipeline
+
+    from asr.inference.pipeline import ASRPipeline
+    from asr.trace import trace
+
+    model = two_pass_model()
+    rng = np.random.default_rng(1)
+    clip = (rng.standard_normal(16000) * np.abs(np.sin(np.linspace(0, 9, 16000)))).astype(np.float32) * 0.2
+    pipe = pipeline("automatic-speech-recognition", model=model, pipeline_class=ASRPipeline, device="cpu")
+    pipe(clip)
+    assert model._first_pass.clips == 1
+    result = trace(clip, model, out_dir=tmp_path, max_new_tokens=3, verbose=False)
+    assert model._first_pass.clips == 2
+    assert result.shapes.generated_tokens >= 1

@@ -21,6 +21,7 @@ import torch
 from matplotlib.figure import Figure
 
 from asr.audio import HOP_LENGTH, SAMPLE_RATE, load_audio
+from asr.first_pass import format_hypotheses
 from asr.inference.transcribe import load_model
 from asr.modeling import ASRModel
 from asr.prompt import IGNORE_INDEX
@@ -216,7 +217,10 @@ def trace(
     n_pos, k = int(positions[0]), model.config.projector_stack
     say(f"projector    : {n_pos} positions x {projected.shape[-1]} (k={k}: {k * 20} ms per position)")
 
-    prompt = processor.prompts([n_pos], contexts=[context])
+    first_pass = model.run_first_pass([samples])  # two-pass models: Whisper's own transcript
+    if first_pass:
+        say(f"first pass   : {first_pass[0]}")
+    prompt = processor.prompts([n_pos], contexts=[context], first_pass=first_pass)
     ids = model.generate(
         **{k: v.to(model.device) for k, v in prompt.items()},
         encoder_frames=frames,  # the frames computed above: the encoder runs once
@@ -226,7 +230,8 @@ def trace(
     )
     text = processor.batch_decode(ids)[0]
     prompt_tokens = int(prompt["attention_mask"].sum())
-    example = processor.prompt_builder.build(n_pos, transcript=text, context=context)
+    hypotheses = format_hypotheses(first_pass[0]) if first_pass else None
+    example = processor.prompt_builder.build(n_pos, transcript=text, context=context, first_pass=hypotheses)
     targets = [i for i, label in enumerate(example.labels) if label != IGNORE_INDEX]
     say(f"prompt       : {prompt_tokens} tokens ({n_pos} of them audio positions)")
     say(f"generated    : {len(targets)} tokens (with end of turn): {text!r}")
