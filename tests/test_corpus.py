@@ -299,4 +299,6 @@ def test_a_hub_dataset_is_streamed_text_first_then_into_the_store(tmp_path):
     stored = torch.from_numpy(np.array(store.frames(kept[0].key))).float()
     assert torch.allclose(stored, frames[0, : int(lengths[0])], atol=1e-2)
     # and a second run streams nothing
-    assert build_store(index_sources([spec], BadRows())[0], model, model.processor, store, progress=False) == 0
+    assert (
+        build_store(index_sources([spec], BadRows())[0], model, model.processor, store, progress=False) == 0
+    )

@@ -325,3 +325,23 @@ def test_truncated_weights_name_the_file(tmp_path: Path, tiny: ASRModel) -> None
     weights.write_bytes(weights.read_bytes()[:1000])
     with pytest.raises(OSError, match=r"model\.safetensors: unreadable checkpoint weights"):
         reload(tmp_path)
+
+
+def test_merged_adapters_decode_like_unmerged_ones() -> None:
+    model = tiny_model(lora={"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj", "up_proj"]})
+    with torch.no_grad():  # adapters that do something (peft starts B at zero)
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.05)
+    rng = np.random.default_rng(0)
+    clips = [rng.standard_normal(n).astype(np.float32) * 0.1 for n in (16000, 9000)]
+    inputs = model.processor(audio=clips)
+    plain = model.generate(**inputs, max_new_tokens=6)
+    with torch.no_grad():
+        logits = model(**inputs).logits
+    merged = model.merge_adapters()
+    assert torch.equal(merged.generate(**inputs, max_new_tokens=6), plain)
+    with torch.no_grad():
+        assert torch.allclose(merged(**inputs).logits, logits, atol=1e-4)
+    with pytest.raises(RuntimeError, match="merged"):
+        merged.train()

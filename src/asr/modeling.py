@@ -149,8 +149,24 @@ class ASRModel(PreTrainedModel):
         args = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": ["q_proj", "v_proj"], **lora}
         inject_adapter_in_model(LoraConfig(**args), module)
 
+    def merge_adapters(self) -> ASRModel:
+        """Fold the LoRA adapters into the frozen weights, for inference: the same outputs (to
+        float rounding) without the adapters' extra matmuls at every position. The adapter
+        weights stay (``trainable_state_dict`` and saving are unchanged); training is refused."""
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        for module in self.modules():
+            if isinstance(module, BaseTunerLayer) and not module.merged:
+                module.merge()
+        self.adapters_merged = True
+        return self.eval()
+
     def train(self, mode: bool = True) -> ASRModel:
         """Frozen parts stay in eval mode (no dropout) whatever the trainer asks."""
+        if mode and getattr(self, "adapters_merged", False):
+            raise RuntimeError(
+                "the LoRA adapters are merged for inference: load the checkpoint again to train"
+            )
         super().train(mode)
         if not self.config.encoder_lora:
             self.encoder.eval()
