@@ -178,11 +178,12 @@ def read_hub(
     :class:`HubClip`. With ``streaming`` nothing is downloaded up front, and only the text (and
     id) columns are read here (parquet datasets skip the audio bytes entirely)."""
     ds = _hub_dataset(name, config, split, streaming)
-    columns = [c for c in (text_column, "id") if ds.column_names is None or c in ds.column_names]
-    if ds.column_names is not None and text_column not in ds.column_names:
-        raise ValueError(f"dataset {name!r}: no column {text_column!r} (has {ds.column_names})")
+    if ds.column_names is not None:  # known up front: read the text (and id) columns only
+        if text_column not in ds.column_names:
+            raise ValueError(f"dataset {name!r}: no column {text_column!r} (has {ds.column_names})")
+        ds = ds.select_columns([c for c in (text_column, "id") if c in ds.column_names])
     rows = []
-    for i, example in enumerate(ds.select_columns(columns)):
+    for i, example in enumerate(ds):  # a stream: one example at a time, audio (if any) dropped
         clip = HubClip(name, config, split, i, audio_column, streaming)
         text = example.get(text_column)
         if not isinstance(text, str) or not text.strip():

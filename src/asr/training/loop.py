@@ -235,6 +235,11 @@ def prepare_data(
     usable = partial(usable_rows, store=store, tokenizer=processor.tokenizer, hypotheses=hypotheses)
     eval_examples = prepare_eval(usable(eval_rows, bad=bad), store)
     if on_the_fly:
+        if hypotheses is not None and data.augment.enabled:
+            # the stored first pass heard the clean clip: paired with augmented audio it would teach
+            # the LLM to trust the text over what it hears; a first pass per augmented sample
+            # would cost more than the step itself
+            raise ValueError("two-pass training (model.first_pass) does not support data.augment")
         if any(isinstance(row.audio, HubClip) for row in train_rows):
             raise ValueError(
                 "hub corpora are streamed once into the feature store; augmentation and "
