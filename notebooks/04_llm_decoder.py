@@ -40,7 +40,7 @@ from asr.inference import default_model, load_model
 from asr.synth import synthesize
 from asr.trace import decoder_attentions
 
-DEFAULT_MODEL = default_model()  # checkpoints/offline of this repository
+DEFAULT_MODEL = default_model(two_pass=False)  # checkpoints/offline of this repository
 
 torch.set_num_threads(1)
 torch.manual_seed(0)

@@ -38,7 +38,7 @@ from asr.evaluate import corpus_wer, normalize, read_manifest, word_counts
 from asr.inference import FasterWhisperBackend, ModelBackend, default_model, load_model
 from asr.synth import sentences, synthesize
 
-DEFAULT_MODEL = default_model()  # checkpoints/offline of this repository
+DEFAULT_MODEL = default_model(two_pass=False)  # checkpoints/offline of this repository
 
 torch.set_num_threads(1)
 torch.manual_seed(0)

@@ -86,3 +86,22 @@ def test_checkpoint_in_the_old_format_loads_the_same(shipped, tmp_path):
     assert "min_new_tokens" not in old.config.to_dict()  # moved out, not duplicated
     old.save_pretrained(tmp_path / "resaved")
     assert ASRModel.from_pretrained(tmp_path / "resaved").decoding == old.decoding
+
+
+TWO_PASS = DEFAULT_MODEL.parent / "offline-2pass"
+TWO_PASS_WER_BOUND = 0.25  # measured 10.52% on the first 200 LibriSpeech dev clips at shipping
+
+
+def test_two_pass_checkpoint_transcribes_native_speech(shared_data):
+    """The two-pass checkpoint loads offline with its first pass and decoding options, and on
+    native read speech (where the one-pass model deletes half the words) stays near tiny.en."""
+    if not (TWO_PASS / "config.json").is_file():
+        pytest.skip(f"{TWO_PASS} not shipped")
+    model = ASRModel.from_pretrained(TWO_PASS).merge_adapters()
+    assert model.config.first_pass == "whisper" and model.decoding.repetition_penalty == 1.0
+    rows = [json.loads(line) for line in (shared_data / "librispeech.dev.jsonl").read_text().splitlines()]
+    rows = rows[::80][:8]  # spread over the dev speakers
+    hyps = model.transcribe([load_audio(shared_data / r["audio"]) for r in rows])
+    wer = corpus_wer([r["text"] for r in rows], hyps)
+    print(f"two-pass checkpoint WER on {len(rows)} LibriSpeech dev clips: {wer:.1%}")
+    assert wer <= TWO_PASS_WER_BOUND, list(zip([r["text"] for r in rows], hyps, strict=True))[:3]

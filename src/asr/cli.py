@@ -35,7 +35,7 @@ def _model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
         default=None,
-        help=f"checkpoint directory, or '{FASTER_WHISPER}' (default: $ASR_MODEL, else checkpoints/offline in this folder or one above; the untrained model if absent)",
+        help=f"checkpoint directory, or '{FASTER_WHISPER}' (default: $ASR_MODEL, else checkpoints/offline-2pass, else checkpoints/offline, in this folder or one above; the untrained model if absent)",
     )
     parser.add_argument("--batch-size", type=int, default=8, help="clips per forward pass (default: 8)")
     parser.add_argument("--beam", type=int, default=1, help="beam width; 1 is greedy (default: 1)")

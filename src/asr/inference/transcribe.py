@@ -26,22 +26,27 @@ from asr.processing import ASRProcessor
 
 FASTER_WHISPER = "faster-whisper"
 DEFAULT_CHECKPOINT = Path("checkpoints") / "offline"
+TWO_PASS_CHECKPOINT = Path("checkpoints") / "offline-2pass"
 MODEL_ENV = "ASR_MODEL"
 
 AudioInput = str | Path | bytes | np.ndarray
 
 
-def default_model() -> Path:
-    """The checkpoint used when none is named: ``$ASR_MODEL`` if set, else the first
-    ``checkpoints/offline`` found in the current folder or one above it (a clone of this
-    repository ships its trained model there), else that path relative to the current folder
-    (absent: :func:`load_model` falls back to the untrained model with a warning)."""
+def default_model(two_pass: bool = True) -> Path:
+    """The checkpoint used when none is named: ``$ASR_MODEL`` if set, else the first of
+    ``checkpoints/offline-2pass`` (two-pass: far better on ordinary English) and
+    ``checkpoints/offline`` (the one-pass model; the only one with ``two_pass=False``, which the
+    course uses to teach the plain architecture) found in the current folder or one above it (a
+    clone of this repository ships both), else ``checkpoints/offline`` relative to the current
+    folder (absent: :func:`load_model` falls back to the untrained model with a warning)."""
     if os.environ.get(MODEL_ENV):
         return Path(os.environ[MODEL_ENV])
+    names = (TWO_PASS_CHECKPOINT, DEFAULT_CHECKPOINT) if two_pass else (DEFAULT_CHECKPOINT,)
     here = Path.cwd().resolve()
     for folder in (here, *here.parents):
-        if (folder / DEFAULT_CHECKPOINT / "config.json").is_file():
-            return folder / DEFAULT_CHECKPOINT
+        for name in names:
+            if (folder / name / "config.json").is_file():
+                return folder / name
     return DEFAULT_CHECKPOINT
 
 
