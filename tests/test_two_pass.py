@@ -150,3 +150,17 @@ def test_the_pipeline_and_trace_run_the_first_pass(tmp_path) -> None:
     result = trace(clip, model, out_dir=tmp_path, max_new_tokens=3, verbose=False)
     assert model._first_pass.clips == 2
     assert result.shapes.generated_tokens >= 1
+
+
+def test_two_pass_training_refuses_augmentation_before_encoding_anything(tmp_path) -> None:
+    from test_training import tiny_model_config, write_corpus
+
+    from asr.training import DataConfig, TrainingConfig, train
+
+    manifest = write_corpus(tmp_path / "d", n=3)
+    data = DataConfig(train=[{"type": "manifest", "path": str(manifest)}], eval=[], augment={"enabled": True})
+    out = str(tmp_path / "out")
+    cfg = TrainingConfig(output_dir=out, max_steps=1, cache_encoder=False, wandb={"mode": "disabled"})
+    with pytest.raises(ValueError, match="does not support data.augment"):
+        train(tiny_model_config(first_pass="whisper"), data, cfg)
+    assert not (tmp_path / "out" / "feature-store").exists()

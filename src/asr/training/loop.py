@@ -208,9 +208,12 @@ def prepare_data(
     bad = BadRows()
     train_rows, weights = index_sources(data.train, bad, cfg.seed, data.text_normalization)
     add_contexts(train_rows, cfg.context_prob, cfg.seed)
+    # an eval set must not change between evaluations: a weight below 1 keeps that fixed share
     eval_specs = [{**spec, "fraction": spec.get("fraction", spec.get("weight", 1.0))} for spec in data.eval]
     eval_rows = index_sources(eval_specs, bad, cfg.seed + 1, data.text_normalization)[0][: cfg.eval_samples]
     on_the_fly = not cfg.precompute or data.augment.enabled
+    if on_the_fly:  # before any clip is encoded
+        check_on_the_fly(train_rows, model, data)
     store = FeatureStore(store_root(cfg), encoder_key(model), model.config.encoder_width)
     hypotheses = None
     if model.config.first_pass != "none":
@@ -235,16 +238,6 @@ def prepare_data(
     usable = partial(usable_rows, store=store, tokenizer=processor.tokenizer, hypotheses=hypotheses)
     eval_examples = prepare_eval(usable(eval_rows, bad=bad), store)
     if on_the_fly:
-        if hypotheses is not None and data.augment.enabled:
-            # the stored first pass heard the clean clip: paired with augmented audio it would teach
-            # the LLM to trust the text over what it hears; a first pass per augmented sample
-            # would cost more than the step itself
-            raise ValueError("two-pass training (model.first_pass) does not support data.augment")
-        if any(isinstance(row.audio, HubClip) for row in train_rows):
-            raise ValueError(
-                "hub corpora are streamed once into the feature store; augmentation and "
-                "training.precompute=false read clips by row: use a manifest or audiofolder copy"
-            )
         for row in train_rows:
             row.frames = estimate_frames(row)
             row.first_pass = hypotheses.get(row.key) if hypotheses else None
@@ -257,6 +250,20 @@ def prepare_data(
         raise RuntimeError(f"no usable training examples. {bad.summary()}")
     info = {"clips": len(store), "encoded_here": built, "dir": str(store.dir)}
     return Corpus(train, train_rows, weights, eval_examples, bad, time.time() - t0, info)
+
+
+def check_on_the_fly(rows: list[Row], model: ASRModel, data: DataConfig) -> None:
+    """What decoding clips by row in workers cannot serve."""
+    if model.config.first_pass != "none" and data.augment.enabled:
+        # the stored first pass heard the clean clip: paired with augmented audio it would teach
+        # the LLM to trust the text over what it hears; a first pass per augmented sample would
+        # cost more than the step itself
+        raise ValueError("two-pass training (model.first_pass) does not support data.augment")
+    if any(isinstance(row.audio, HubClip) for row in rows):
+        raise ValueError(
+            "hub corpora are streamed once into the feature store; augmentation and "
+            "training.precompute=false read clips by row: use a manifest or audiofolder copy"
+        )
 
 
 def prepare_eval(rows: list[Row], store: FeatureStore) -> list[Example]:
