@@ -48,8 +48,6 @@ from asr.store import FeatureStore, HypothesisStore, encoder_key, source_key
 
 log = logging.getLogger(__name__)
 
-FRAME_SECONDS = 0.02  # one encoder frame
-
 
 @dataclass(slots=True)
 class Row:
@@ -90,7 +88,7 @@ def index_sources(
         for i in keep:
             r = part[i]
             text = normalize_target(r["text"], text_normalization)
-            frames = round(float(r["duration"]) / FRAME_SECONDS) if r.get("duration") else 0
+            frames = frames_of(float(r["duration"])) if r.get("duration") else 0
             rows.append(Row(r["id"], r["audio"], text, corpus, r.get("context"), frames=frames))
         weights.append(float(spec.get("weight", 1.0)))
     return rows, weights
@@ -354,6 +352,17 @@ class AudioDataset(torch.utils.data.Dataset):
         )
 
 
+def frames_of(seconds: float) -> int:
+    """Encoder frames of ``seconds`` of audio (:mod:`asr.lengths`)."""
+    return int(encoder_frames(mel_frames(int(seconds * SAMPLE_RATE))))
+
+
+def in_memory(rows: list[Row], store: FeatureStore) -> list[Example]:
+    """The rows' examples with their frames copied out of the store (eval sets, small corpora)."""
+    dataset = StoreDataset(rows, store)
+    return [dataset[i] for i in range(len(rows))]
+
+
 def estimate_frames(row: Row) -> int:
     """Encoder frames of a row without decoding it: its manifest duration, else the file header."""
     if row.frames:
@@ -362,8 +371,7 @@ def estimate_frames(row: Row) -> int:
         try:
             import soundfile
 
-            info = soundfile.info(row.audio)
-            return int(encoder_frames(mel_frames(int(info.duration * SAMPLE_RATE))))
+            return frames_of(soundfile.info(row.audio).duration)
         except Exception:  # noqa: BLE001 - unreadable: its worker reports it when it decodes it
             return 1
     return 1
@@ -392,7 +400,7 @@ class MixtureSampler(torch.utils.data.Sampler[list[int]]):
         batch_seconds: float | None = None,
     ) -> None:
         self.lengths, self.batch_size, self.seed, self.group = lengths, batch_size, seed, group
-        self.batch_frames = int(batch_seconds / FRAME_SECONDS) if batch_seconds else None
+        self.batch_frames = frames_of(batch_seconds) if batch_seconds else None
         self.members = [[i for i, c in enumerate(corpora) if c == k] for k in range(len(weights))]
         self.weights = weights
         self.epoch = 0
@@ -493,9 +501,7 @@ def prepare_examples(  # noqa: PLR0913 - the rows, the model and how to prepare 
             hypotheses = HypothesisStore(tmp, "examples")
         build_store(index, model, processor, store, hypotheses, max_seconds, batch_size, progress=progress)
         store.refresh()
-        kept = usable_rows(index, store, bad, processor.tokenizer, hypotheses)
-        dataset = StoreDataset(kept, store)
-        return [dataset[i] for i in range(len(kept))]
+        return in_memory(usable_rows(index, store, bad, processor.tokenizer, hypotheses), store)
 
 
 def _decoded_examples(rows: list[Row], processor: Any, bad: BadRows, max_seconds: float) -> list[Example]:

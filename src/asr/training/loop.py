@@ -37,6 +37,7 @@ from asr.corpus import (
     add_contexts,
     build_store,
     estimate_frames,
+    in_memory,
     index_sources,
     usable_rows,
 )
@@ -236,7 +237,7 @@ def prepare_data(
     if hypotheses is not None:
         hypotheses.reload()  # the other ranks' lines
     usable = partial(usable_rows, store=store, tokenizer=processor.tokenizer, hypotheses=hypotheses)
-    eval_examples = prepare_eval(usable(eval_rows, bad=bad), store)
+    eval_examples = in_memory(usable(eval_rows, bad=bad), store)
     if on_the_fly:
         for row in train_rows:
             row.frames = estimate_frames(row)
@@ -264,11 +265,6 @@ def check_on_the_fly(rows: list[Row], model: ASRModel, data: DataConfig) -> None
             "hub corpora are streamed once into the feature store; augmentation and "
             "training.precompute=false read clips by row: use a manifest or audiofolder copy"
         )
-
-
-def prepare_eval(rows: list[Row], store: FeatureStore) -> list[Example]:
-    dataset = StoreDataset(rows, store)
-    return [dataset[i] for i in range(len(rows))]
 
 
 @dataclass
