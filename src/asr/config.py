@@ -53,6 +53,9 @@ class ASRConfig(PreTrainedConfig):
             Whisper decoder transcribes each clip first and its hypotheses join the prompt
             (:mod:`asr.first_pass`).
         first_pass_n_best: hypotheses per clip (1: greedy; N: the N best of a beam of N).
+        ctc_weight: weight of the auxiliary CTC loss on the projector output in training
+            (:mod:`asr.ctc`); above 0 the model has a CTC head (577 parameters at width 576),
+            which inference never uses.
 
     Architecture only: the prompt lives in :class:`asr.processing.ASRProcessor` and decoding
     options in the generation config (:class:`asr.generation.DecodingConfig`), both saved beside
@@ -79,6 +82,7 @@ class ASRConfig(PreTrainedConfig):
         encoder_lora: dict[str, Any] | None = None,
         first_pass: str = "none",
         first_pass_n_best: int = 1,
+        ctc_weight: float = 0.0,
         **kwargs: Any,
     ) -> None:
         self.encoder_source = encoder_source
@@ -96,6 +100,7 @@ class ASRConfig(PreTrainedConfig):
         self.encoder_lora = dict(encoder_lora) if encoder_lora else None
         self.first_pass = first_pass
         self.first_pass_n_best = int(first_pass_n_best)
+        self.ctc_weight = float(ctc_weight)
         super().__init__(**kwargs)
         self.validate()
 
@@ -107,6 +112,8 @@ class ASRConfig(PreTrainedConfig):
             raise ValueError(f"projector_stack={self.projector_stack}: must be >= 1")
         if self.first_pass not in FIRST_PASS_MODES:
             raise ValueError(f"first_pass={self.first_pass!r}: expected one of {FIRST_PASS_MODES}")
+        if self.ctc_weight < 0:
+            raise ValueError(f"ctc_weight={self.ctc_weight}: must be >= 0")
         if self.first_pass_n_best < 1:
             raise ValueError(f"first_pass_n_best={self.first_pass_n_best}: must be >= 1")
 

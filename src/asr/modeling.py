@@ -14,7 +14,7 @@ import json
 import math
 import os
 import tempfile
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from asr import lengths, sources
 from asr.config import ASRConfig
+from asr.ctc import CTCHead
 from asr.encoder import AudioEncoder
 from asr.first_pass import FirstPass, load_first_pass
 from asr.generation import DecodingConfig
@@ -109,6 +110,14 @@ class GeneratedRepetitionPenalty(LogitsProcessor):
         return scores.scatter(1, input_ids, picked)
 
 
+@dataclass
+class ASROutput(CausalLMOutputWithPast):
+    """The decoder's output, plus the two training losses when a CTC head is trained."""
+
+    lm_loss: torch.FloatTensor | None = None
+    ctc_loss: torch.FloatTensor | None = None
+
+
 class ASRModel(PreTrainedModel):
     config_class = ASRConfig
     base_model_prefix = "asr"
@@ -132,6 +141,7 @@ class ASRModel(PreTrainedModel):
         self.encoder = AudioEncoder(encoder, config.encoder_mode)
         self.decoder = decoder
         self.projector = build_projector(config)
+        self.ctc_head = CTCHead(config.decoder_width) if config.ctc_weight > 0 else None
         for part in (self.encoder, self.decoder):
             part.requires_grad_(False)
             part.eval()
@@ -265,9 +275,15 @@ class ASRModel(PreTrainedModel):
 
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor], new_lora: bool = False) -> None:
         """Load saved trainable weights; every one must fit. With ``new_lora`` the model's LoRA
-        weights may be missing from ``state`` (adapters added for a new stage keep their init)."""
+        weights may be missing from ``state`` (adapters added for a new stage keep their init).
+        A CTC head is a training aid: one missing from ``state`` keeps its init, and one in
+        ``state`` that the model lacks (``ctc_weight`` 0, e.g. for inference) is ignored."""
         expected = set(self.trainable_state_dict())
+        state = {
+            name: value for name, value in state.items() if self.ctc_head or not name.startswith("ctc_head.")
+        }
         missing, unexpected = expected - set(state), set(state) - expected
+        missing = {name for name in missing if not name.startswith("ctc_head.")}
         if new_lora:
             missing = {name for name in missing if ".lora_" not in name}
         if missing or unexpected:
@@ -362,7 +378,7 @@ class ASRModel(PreTrainedModel):
         encoder_lengths: torch.Tensor | None = None,
         logits_at_labels: bool = True,
         **kwargs: Any,
-    ) -> CausalLMOutputWithPast:
+    ) -> ASROutput:
         """Logits over the whole sequence, or with ``labels`` (training) the loss.
 
         With ``labels`` and ``logits_at_labels`` (the default) two shortcuts give the same loss
@@ -371,11 +387,38 @@ class ASRModel(PreTrainedModel):
         shared by the batch, and the LM head runs only at the positions that predict a label, so
         ``logits`` is (n_labels, vocab). For SmolLM2 on short clips that skips about a quarter of
         the tokens, and the 49k-way projection everywhere but the transcript.
+
+        With a CTC head (``config.ctc_weight`` > 0) and ``labels``, ``loss`` is
+        ``lm_loss + ctc_weight * ctc_loss`` and both parts are returned.
         """
         audio, lengths = self.audio_embeddings(input_features, mel_lengths, encoder_frames, encoder_lengths)
         embeds = self.merge(input_ids, audio_mask, audio, lengths)
         if labels is None or not logits_at_labels:
-            return self.decoder(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, **kwargs)
+            out = self.decoder(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, **kwargs)
+        else:
+            out = self._transcript_loss(input_ids, attention_mask, audio_mask, labels, embeds, **kwargs)
+        if labels is None or self.ctc_head is None:
+            return ASROutput(**out)
+        ctc = self.ctc_head.loss(
+            audio,
+            lengths,
+            labels,
+            self.decoder.get_output_embeddings().weight,
+            drop_ids=(self.generation_config.eos_token_id,),
+        )
+        loss = out.loss + self.config.ctc_weight * ctc
+        return ASROutput(**{**out, "loss": loss, "lm_loss": out.loss, "ctc_loss": ctc})
+
+    def _transcript_loss(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        audio_mask: torch.Tensor,
+        labels: torch.Tensor,
+        embeds: torch.Tensor,
+        **kwargs: Any,
+    ) -> CausalLMOutputWithPast:
+        """The next-token loss with the two shortcuts of :meth:`forward`."""
         body = self.decoder.get_decoder()
         head = shared_prefix_length(input_ids, attention_mask, audio_mask) if len(input_ids) > 1 else 0
         past = None

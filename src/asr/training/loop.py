@@ -45,7 +45,7 @@ from asr.data import BadRows, Collator, Example, HubClip
 from asr.evaluate import corpus_cer, corpus_wer
 from asr.first_pass import first_pass_key
 from asr.generation import DecodingConfig
-from asr.modeling import ASRModel
+from asr.modeling import ASRModel, ASROutput
 from asr.processing import ASRProcessor, PromptConfig
 from asr.sources import cache_dir
 from asr.store import FeatureStore, HypothesisStore, encoder_key
@@ -94,6 +94,7 @@ def build_model(model_config: dict[str, Any], init_from: str | None) -> ASRModel
     add LoRA adapters (``lora`` / ``encoder_lora``) that the checkpoint does not have yet: they
     start as the identity (peft's B = 0), so the stage begins exactly where the last one ended;
     and turn on a first pass (``first_pass: whisper``: a one-pass model trained on as two-pass).
+    ``ctc_weight`` is the run's (a training objective: a new CTC head starts from its init).
     Prompt and decoding options are not the model's: they come from their own groups.
     """
     if not init_from:
@@ -105,6 +106,7 @@ def build_model(model_config: dict[str, Any], init_from: str | None) -> ASRModel
     if model_config.get("first_pass", "none") != "none":  # a one-pass checkpoint made two-pass
         config.first_pass = model_config["first_pass"]
         config.first_pass_n_best = int(model_config.get("first_pass_n_best", 1))
+    config.ctc_weight = float(model_config.get("ctc_weight", 0.0))
     return ASRModel.from_pretrained(init_from, config=config, new_lora=bool(added))
 
 
@@ -373,7 +375,7 @@ def batches(run: Run, pos: Position, max_steps: int, bad: BadRows) -> Iterator[d
 class Logger:
     """``log.csv`` (all columns, blanks where a row lacks one) and wandb; the main process only."""
 
-    COLUMNS = ("step", "epoch", "loss", "lr", "samples_per_s", "eval_wer", "eval_cer")
+    COLUMNS = ("step", "epoch", "loss", "ctc_loss", "lr", "samples_per_s", "eval_wer", "eval_cer")
 
     def __init__(self, run: Run, cfg: TrainingConfig, config: dict[str, Any]) -> None:
         run.output_dir.mkdir(parents=True, exist_ok=True)
@@ -442,10 +444,13 @@ class LossMeter:
         self.samples = self.interval_samples = 0
         self.first_step: float | None = None  # seconds from the loop's start to its first step
         self.total: torch.Tensor | float = 0.0
+        self.ctc_total: torch.Tensor | float | None = None  # the auxiliary CTC loss, when trained
         self.count = 0
 
-    def add(self, loss: torch.Tensor, batch: dict[str, torch.Tensor]) -> None:
-        self.total = self.total + loss.detach().double()
+    def add(self, out: ASROutput, batch: dict[str, torch.Tensor]) -> None:
+        self.total = self.total + out.loss.detach().double()
+        if out.ctc_loss is not None:
+            self.ctc_total = (self.ctc_total or 0.0) + out.ctc_loss.detach().double()
         self.count += 1
         self.samples += batch["input_ids"].shape[0]
         self.interval_samples += batch["input_ids"].shape[0]
@@ -456,13 +461,16 @@ class LossMeter:
 
     def row(self, run: Run, pos: Position) -> dict[str, Any]:
         loss = float(self.total / self.count)  # sync point: the one .item() per log row
+        ctc = None if self.ctc_total is None else float(self.ctc_total / self.count)
         now = time.time()
         rate = self.interval_samples / max(now - self.interval_start, 1e-9)
         self.total, self.count, self.interval_samples, self.interval_start = 0.0, 0, 0, now
+        self.ctc_total = None
         return {
             "step": pos.step,
             "epoch": pos.epoch,
             "loss": loss,
+            "ctc_loss": ctc,
             "lr": run.scheduler.get_last_lr()[0],
             "samples_per_s": rate,
         }
@@ -537,14 +545,16 @@ def train(
     meter = LossMeter()
     for batch in batches(run, pos, cfg.max_steps, corpus.bad):
         with accelerator.accumulate(run.model):
-            loss = run.model(**batch).loss
-            accelerator.backward(loss)  # sync point (DDP): gradients all-reduced on a step's last micro-batch
+            out = run.model(**batch)
+            accelerator.backward(
+                out.loss
+            )  # sync point (DDP): gradients all-reduced on a step's last micro-batch
             if accelerator.sync_gradients and cfg.max_grad_norm:
                 accelerator.clip_grad_norm_(run.trainable, cfg.max_grad_norm)
             run.optimizer.step()
             run.scheduler.step()
             run.optimizer.zero_grad()
-        meter.add(loss, batch)  # no .item() here: the host does not wait for the device
+        meter.add(out, batch)  # no .item() here: the host does not wait for the device
         if not accelerator.sync_gradients:
             continue  # accumulating: not an optimiser step yet
         pos.step += 1
