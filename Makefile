@@ -7,7 +7,7 @@ export POETRY_PYPI_MIRROR_URL ?= $(shell $(PYTHON) -m pip config get global.inde
 export OMP_NUM_THREADS ?= 2
 ARGS ?=
 
-.PHONY: install train test test-fast lint notebooks bench clean
+.PHONY: install install-extras train test test-fast lint notebooks bench demo clean
 
 $(POETRY):
 	$(PYTHON) -m venv .tools
@@ -20,10 +20,17 @@ $(POETRY):
 
 install: .venv/.installed
 
+# the optional groups: Gradio (asr demo) and Playwright (its browser test); `make train` skips them
+.venv/.extras: .venv/.installed
+	$(POETRY) install --no-interaction --with demo,browser
+	touch $@
+
+install-extras: .venv/.extras
+
 train: install
 	$(POETRY) run python train.py $(ARGS)
 
-test: install
+test: install-extras
 	$(POETRY) run pytest -q $(ARGS)
 
 test-fast: install
@@ -38,6 +45,9 @@ bench: install
 
 lint: install
 	$(POETRY) run ruff check . && $(POETRY) run ruff format --check .
+
+demo: install-extras
+	$(POETRY) run asr demo $(ARGS)
 
 clean:
 	rm -rf .venv .tools outputs

@@ -215,12 +215,13 @@ def cli_parsers() -> dict[str, argparse.ArgumentParser]:
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import bench
 
-    from asr import cli, trace
+    from asr import cli, demo, trace
 
     root = cli.build_parser()
     subparsers = next(a for a in root._actions if isinstance(a, argparse._SubParsersAction))
     parsers = {f"asr {name}": p for name, p in subparsers.choices.items()}
     parsers["asr trace"] = parsers["python -m asr.trace"] = trace.build_parser()
+    parsers["asr demo"] = demo.build_parser()
     parsers["python benchmarks/bench.py"] = argparse.ArgumentParser()
     bench.add_arguments(parsers["python benchmarks/bench.py"])
     return parsers

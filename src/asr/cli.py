@@ -1,10 +1,12 @@
-"""The ``asr`` command: transcribe, evaluate, trace.
+"""The ``asr`` command: transcribe, evaluate, trace, demo, push.
 
     asr transcribe talk.wav more.opus --model checkpoints/offline --format json,srt --output-dir out/
     asr evaluate --model checkpoints/offline --manifest ../shared/data/speechocean762.dev.jsonl --limit 100 \\
         --compare faster-whisper --report reports/dev.jsonl
     asr evaluate --model faster-whisper --manifest ...          # the baseline alone
     asr trace clip.wav --out trace_output/
+    asr demo                                                    # browser demo on 127.0.0.1:7860
+    asr push checkpoints/offline user/asr-offline               # publish a checkpoint to the Hub
 
 ``--model`` takes a checkpoint directory saved by ``ASRModel.save_pretrained`` or the literal
 ``faster-whisper`` (Whisper tiny.en through CTranslate2, the packaged offline baseline).
@@ -122,6 +124,21 @@ def cmd_trace(argv: list[str]) -> int:
     return trace.main(argv)
 
 
+def cmd_demo(argv: list[str]) -> int:
+    from asr import demo
+
+    return demo.main(argv)
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    from asr.modeling import ASRModel
+
+    model = ASRModel.from_pretrained(args.checkpoint)
+    commit = model.push_to_hub(args.repo_id, card=args.card, private=args.private or None)
+    print(f"pushed {args.checkpoint} to {args.repo_id}: {getattr(commit, 'commit_url', commit)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="asr", description="Encoder-projector-LLM speech recognition.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -159,6 +176,17 @@ def build_parser() -> argparse.ArgumentParser:
         "trace_args", nargs=argparse.REMAINDER, help="arguments of asr.trace (AUDIO --out DIR ...)"
     )
     p.set_defaults(func=lambda args: cmd_trace(args.trace_args))
+
+    p = sub.add_parser("demo", help="browser demo (Gradio; see asr.demo)", add_help=False)
+    p.add_argument("demo_args", nargs=argparse.REMAINDER, help="arguments of asr.demo (--model --port ...)")
+    p.set_defaults(func=lambda args: cmd_demo(args.demo_args))
+
+    p = sub.add_parser("push", help="upload a checkpoint and its model card to the Hugging Face Hub")
+    p.add_argument("checkpoint", help="checkpoint directory saved by ASRModel.save_pretrained")
+    p.add_argument("repo_id", help="the Hub repository, user/name (created if missing)")
+    p.add_argument("--card", default=None, help="model card (default: CHECKPOINT/README.md)")
+    p.add_argument("--private", action="store_true", help="create the repository private")
+    p.set_defaults(func=cmd_push)
     return parser
 
 
@@ -170,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
         hf_logging.disable_progress_bar()
     if argv[:1] == ["trace"]:  # everything after it, --help included, belongs to asr.trace
         return cmd_trace(argv[1:])
+    if argv[:1] == ["demo"]:  # the same for asr.demo
+        return cmd_demo(argv[1:])
     args = build_parser().parse_args(argv)
     return args.func(args)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -231,8 +232,17 @@ class ASRModel(PreTrainedModel):
         """Load a checkpoint written by :meth:`save_pretrained`: the frozen parts come from the
         sources named in its config, the trainable part from its ``model.safetensors``, decoding
         options from ``generation_config.json`` and the processor from its files
-        (``new_lora``: LoRA adapters in ``config`` but not in the checkpoint keep their init)."""
+        (``new_lora``: LoRA adapters in ``config`` but not in the checkpoint keep their init).
+
+        ``path`` may also be a hub id (``user/repo``, as written by :meth:`push_to_hub`): it is
+        downloaded once into the hub cache; offline and not cached, it fails in seconds
+        (:func:`asr.sources.resolve`)."""
         path = Path(path)
+        if not path.exists() and sources.looks_like_hub_id(str(path)):
+            try:
+                path = sources.resolve(str(path))
+            except sources.SourceError as err:
+                raise FileNotFoundError(f"{path}: no such checkpoint folder; as a hub id: {err}") from err
         if not (path / "config.json").is_file():
             raise FileNotFoundError(
                 f"{path}: no config.json; not a checkpoint saved by ASRModel.save_pretrained"
@@ -256,6 +266,7 @@ class ASRModel(PreTrainedModel):
             ) from err
         model.load_trainable_state_dict(state, new_lora=new_lora)
         model.set_decoding(load_decoding(path, legacy))
+        model.config.name_or_path = str(path)  # where push_to_hub finds the model card
         return model
 
     @property
@@ -318,6 +329,42 @@ class ASRModel(PreTrainedModel):
             Path(tmp).replace(directory / name)
         if self.processor is not None:
             self.processor.save_pretrained(directory)
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        card: str | os.PathLike | None = None,
+        private: bool | None = None,
+        token: str | None = None,
+        commit_message: str = "Upload asr-llm checkpoint",
+        revision: str | None = None,
+        create_pr: bool = False,
+        **_: Any,
+    ) -> Any:
+        """Upload what :meth:`save_pretrained` writes (config, generation config, trainable
+        weights, processor and tokenizer files) plus the model card, in one commit.
+
+        ``card``: a README.md; default: the card of the folder this model was loaded from.
+        transformers' own ``push_to_hub`` would replace it with a generic card. Returns the
+        commit info of ``huggingface_hub.HfApi.upload_folder``. Only the trainable weights
+        travel: the frozen parts are named by ``config.json`` (packaged or hub sources).
+        """
+        from huggingface_hub import HfApi
+
+        card = Path(card) if card else Path(self.config.name_or_path or ".") / "README.md"
+        api = HfApi(token=token)
+        with tempfile.TemporaryDirectory() as tmp:
+            self.save_pretrained(tmp)
+            if card.is_file():
+                shutil.copyfile(card, Path(tmp) / "README.md")
+            repo = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+            return api.upload_folder(
+                repo_id=repo,
+                folder_path=tmp,
+                commit_message=commit_message,
+                revision=revision,
+                create_pr=create_pr,
+            )
 
     # ------------------------------------------------------------------ audio -> LLM inputs
 

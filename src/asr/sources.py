@@ -374,6 +374,11 @@ def _hub_cached(repo_id: str) -> Path | None:
         return None
 
 
+def looks_like_hub_id(source: str) -> bool:
+    """``owner/name``: not a relative or absolute path, exactly one slash."""
+    return not source.startswith((".", "/", "~")) and source.count("/") == 1
+
+
 def resolve(source: str) -> Path:
     """Turn a source string into a local directory, failing fast (seconds) when offline."""
     if source.startswith("packaged:"):
@@ -383,7 +388,7 @@ def resolve(source: str) -> Path:
         if not path.is_dir() and path.suffix != ".gguf":
             raise SourceError(f"{path}: expected a model directory or a .gguf file")
         return path
-    if source.startswith((".", "/", "~")) or source.count("/") != 1:
+    if not looks_like_hub_id(source):
         raise SourceError(
             f"Model source {source!r} is neither an existing path nor a hub id. {offline_hint()}"
         )
