@@ -345,3 +345,45 @@ def test_merged_adapters_decode_like_unmerged_ones() -> None:
         assert torch.allclose(merged(**inputs).logits, logits, atol=1e-4)
     with pytest.raises(RuntimeError, match="merged"):
         merged.train()
+
+
+def test_lora_folded_at_load_decodes_like_peft_merged_and_without_peft(tmp_path: Path) -> None:
+    model = tiny_model(lora={"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj", "up_proj"]})
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.05)
+    model.save_pretrained(tmp_path)
+    rng = np.random.default_rng(1)
+    audio = [rng.standard_normal(n).astype(np.float32) * 0.1 for n in (16000, 9000)]
+    inputs = model.processor(audio=audio)
+    torch.manual_seed(0)  # the tiny model's frozen parts are random: the same draw for both
+    peft_merged = ASRModel.from_pretrained(tmp_path).merge_adapters()
+    torch.manual_seed(0)
+    folded = ASRModel.from_pretrained(tmp_path, merge_lora=True)
+    assert not any("lora" in name for name, _ in folded.named_parameters())
+    assert folded.config.lora["r"] == 4  # the config still describes the checkpoint
+    assert torch.equal(
+        folded.generate(**inputs, max_new_tokens=6), peft_merged.generate(**inputs, max_new_tokens=6)
+    )
+    with torch.no_grad():
+        torch.testing.assert_close(
+            folded(**inputs).logits, peft_merged(**inputs).logits, atol=1e-5, rtol=1e-5
+        )
+    with pytest.raises(RuntimeError, match="folded"):
+        folded.save_pretrained(tmp_path / "again")
+    with pytest.raises(RuntimeError, match="merged"):
+        folded.train()
+
+
+def test_inference_load_does_not_import_peft(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    tiny_model(lora={"r": 4, "target_modules": ["q_proj"]}).save_pretrained(tmp_path)
+    code = (
+        "import sys; from asr.inference import load_model; "
+        f"m = load_model({str(tmp_path)!r}); print('peft' in sys.modules, m.lora_folded)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "True"]

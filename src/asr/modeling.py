@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from peft import LoraConfig, inject_adapter_in_model
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import (
@@ -91,6 +90,39 @@ def shared_prefix_length(
     return int(same.int().cumprod(0).sum())
 
 
+LORA_DEFAULTS: dict[str, Any] = {
+    "r": 8,
+    "lora_alpha": 16,
+    "lora_dropout": 0.0,
+    "target_modules": ["q_proj", "v_proj"],
+}
+
+
+def lora_args(lora: dict[str, Any]) -> dict[str, Any]:
+    """peft ``LoraConfig`` arguments: the config's ``lora`` dict over our defaults."""
+    return {**LORA_DEFAULTS, **lora}
+
+
+def lora_scale(lora: dict[str, Any]) -> float | None:
+    """The factor of ``W + scale * B @ A`` (alpha / r; alpha / sqrt(r) with rsLoRA); ``None`` for
+    variants that only peft merges (DoRA, per-module ranks or alphas, transposed weights)."""
+    args = lora_args(lora)
+    if any(args.get(key) for key in ("use_dora", "rank_pattern", "alpha_pattern", "fan_in_fan_out")):
+        return None
+    r = args["r"]
+    return args["lora_alpha"] / (math.sqrt(r) if args.get("use_rslora") else r)
+
+
+def read_weights(weights: Path) -> dict[str, torch.Tensor]:
+    """A checkpoint's ``model.safetensors``, with errors that name the file."""
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights}: trainable weights missing from the checkpoint")
+    try:
+        return load_file(str(weights))
+    except Exception as err:  # noqa: BLE001 - safetensors' own errors do not name the file
+        raise OSError(f"{weights}: unreadable checkpoint weights ({err}); was the file cut short?") from err
+
+
 class GeneratedRepetitionPenalty(LogitsProcessor):
     """CTRL's repetition penalty on the generated tokens (``input_ids`` when generating from
     ``inputs_embeds``).
@@ -157,8 +189,23 @@ class ASRModel(PreTrainedModel):
 
     @staticmethod
     def _add_lora(module: nn.Module, lora: dict[str, Any]) -> None:
-        args = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": ["q_proj", "v_proj"], **lora}
-        inject_adapter_in_model(LoraConfig(**args), module)
+        from peft import LoraConfig, inject_adapter_in_model  # imported here: ~2-8 s, training only
+
+        inject_adapter_in_model(LoraConfig(**lora_args(lora)), module)
+
+    def _fold_lora(self, state: dict[str, torch.Tensor], scales: dict[str, float]) -> None:
+        """Add ``scale * B @ A`` of each saved adapter pair to the weight it adapts (a model built
+        without adapters): what peft's merge computes, without importing peft."""
+        params = dict(self.named_parameters())
+        with torch.no_grad():
+            for key, a in state.items():
+                if ".lora_A." not in key:
+                    continue
+                target = key.split(".lora_A.")[0]
+                b = state[key.replace(".lora_A.", ".lora_B.")]
+                scale = scales["lora" if target.startswith("decoder.") else "encoder_lora"]
+                weight = params[f"{target}.weight"]
+                weight += (scale * (b.float() @ a.float())).to(weight.dtype)
 
     def merge_adapters(self) -> ASRModel:
         """Fold the LoRA adapters into the frozen weights, for inference: the same outputs (to
@@ -174,7 +221,7 @@ class ASRModel(PreTrainedModel):
 
     def train(self, mode: bool = True) -> ASRModel:
         """Frozen parts stay in eval mode (no dropout) whatever the trainer asks."""
-        if mode and getattr(self, "adapters_merged", False):
+        if mode and (getattr(self, "adapters_merged", False) or getattr(self, "lora_folded", False)):
             raise RuntimeError(
                 "the LoRA adapters are merged for inference: load the checkpoint again to train"
             )
@@ -227,12 +274,17 @@ class ASRModel(PreTrainedModel):
         path: str | os.PathLike,
         dtype: torch.dtype | str | None = torch.float32,
         new_lora: bool = False,
+        merge_lora: bool = False,
         **kwargs: Any,
     ) -> ASRModel:
         """Load a checkpoint written by :meth:`save_pretrained`: the frozen parts come from the
         sources named in its config, the trainable part from its ``model.safetensors``, decoding
         options from ``generation_config.json`` and the processor from its files
         (``new_lora``: LoRA adapters in ``config`` but not in the checkpoint keep their init).
+
+        ``merge_lora`` (inference): plain LoRA adapters are folded into the frozen weights as the
+        model is built, without peft (whose import alone takes seconds) and without the adapters'
+        matmuls at every position; such a model can neither train nor be saved.
 
         ``path`` may also be a hub id (``user/repo``, as written by :meth:`push_to_hub`): it is
         downloaded once into the hub cache; offline and not cached, it fails in seconds
@@ -254,17 +306,25 @@ class ASRModel(PreTrainedModel):
         if not isinstance(config, ASRConfig):
             config = ASRConfig.from_pretrained(path, **kwargs)
         legacy = config.pop_legacy()
+        adapters = {key: getattr(config, key) for key in ("lora", "encoder_lora") if getattr(config, key)}
+        scales = {key: lora_scale(args) for key, args in adapters.items()}
+        fold = merge_lora and bool(adapters) and None not in scales.values()
+        if fold:  # build without adapters; their weights are added below
+            config.lora = config.encoder_lora = None
         model = cls.from_sources(config, dtype, processor=ASRProcessor.from_checkpoint(path, config, legacy))
-        weights = path / WEIGHTS_NAME
-        if not weights.is_file():
-            raise FileNotFoundError(f"{weights}: trainable weights missing from the checkpoint")
-        try:
-            state = load_file(str(weights))
-        except Exception as err:  # noqa: BLE001 - safetensors' own errors do not name the file
-            raise OSError(
-                f"{weights}: unreadable checkpoint weights ({err}); was the file cut short?"
-            ) from err
-        model.load_trainable_state_dict(state, new_lora=new_lora)
+        state = read_weights(path / WEIGHTS_NAME)
+        if fold:
+            adapter_state = {k: state.pop(k) for k in list(state) if ".lora_" in k}
+            model.load_trainable_state_dict(state)
+            model._fold_lora(adapter_state, scales)
+            for key, args in adapters.items():  # the config still says what the checkpoint is
+                setattr(config, key, args)
+            model.lora_folded = True
+            model.eval()
+        else:
+            model.load_trainable_state_dict(state, new_lora=new_lora)
+            if merge_lora and adapters:
+                model.merge_adapters()  # a LoRA variant that only peft knows how to merge
         model.set_decoding(load_decoding(path, legacy))
         model.config.name_or_path = str(path)  # where push_to_hub finds the model card
         return model
@@ -311,6 +371,11 @@ class ASRModel(PreTrainedModel):
     ) -> None:
         """Write ``config.json``, ``generation_config.json`` and the trainable weights, each
         atomically (temp file + rename), and the attached processor's files."""
+        if getattr(self, "lora_folded", False):
+            raise RuntimeError(
+                "the LoRA adapters were folded into the frozen weights at load (merge_lora=True): "
+                "save the checkpoint loaded without merge_lora"
+            )
         directory = Path(save_directory)
         directory.mkdir(parents=True, exist_ok=True)
         trainable = set(self.trainable_state_dict())

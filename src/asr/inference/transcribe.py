@@ -130,7 +130,7 @@ class FasterWhisperBackend:
 
 def load_model(path: str | Path | None = None, dtype: torch.dtype = torch.float32) -> ASRModel:
     """A checkpoint saved by ``ASRModel.save_pretrained`` (default: :func:`default_model`), for
-    inference (LoRA adapters merged); when the default is absent, the untrained offline model,
+    inference (LoRA adapters folded into the frozen weights at load, peft not imported); when the default is absent, the untrained offline model,
     with a warning."""
     path = Path(path) if path is not None else default_model()
     if not (path / "config.json").is_file() and path in (DEFAULT_CHECKPOINT, default_model()):
@@ -141,7 +141,7 @@ def load_model(path: str | Path | None = None, dtype: torch.dtype = torch.float3
             stacklevel=2,
         )
         return ASRModel.from_sources(ASRConfig(), dtype).eval()
-    return ASRModel.from_pretrained(path, dtype=dtype).merge_adapters()
+    return ASRModel.from_pretrained(path, dtype=dtype, merge_lora=True)
 
 
 def load_backend(
