@@ -136,8 +136,14 @@ def test_the_page_in_a_real_browser(demo: Demo, speech: tuple[Path, str], tmp_pa
             assert ours.input_value().strip()
             assert page.locator("#baseline textarea").input_value().strip()
             page.wait_for_function(
-                f"() => document.querySelectorAll('#trace img').length >= {len(FIGURES)}", timeout=60_000
+                f"""() => {{
+                    const images = [...document.querySelectorAll('#trace img')];
+                    return images.length >= {len(FIGURES)} && images.every(i => i.complete && i.naturalWidth > 0)
+                        && !document.querySelector('.pending, .eta-bar');
+                }}""",
+                timeout=60_000,
             )
+            page.wait_for_timeout(1000)  # the outputs' fade-in
             ARTIFACTS.mkdir(exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / "demo.png"), full_page=True)
 

@@ -129,7 +129,8 @@ def build_app(demo: Demo) -> Any:
         progress(0, desc="transcribing")
         out = demo(upload or audio, context)
         message = f"**{out.message}**" if out.message else ""
-        return message, out.transcript, out.baseline, out.timings, out.images
+        images = {caption: path for path, caption in out.images}
+        return message, out.transcript, out.baseline, out.timings, *(images.get(c) for c in FIGURES.values())
 
     with gr.Blocks(title="asr-llm demo", analytics_enabled=False) as app:
         gr.Markdown(
@@ -149,10 +150,19 @@ def build_app(demo: Demo) -> Any:
                 label="faster-whisper tiny.en", elem_id="baseline", interactive=False, visible=demo.compare
             )
         timings = gr.Markdown(elem_id="timings")
-        gallery = gr.Gallery(
-            label="What each stage made of the clip", elem_id="trace", columns=3, height="auto"
-        )
-        button.click(run, [audio, upload, context], [message, ours, baseline, timings, gallery])
+        figures = []
+        with gr.Column(elem_id="trace", visible=demo.trace):
+            gr.Markdown("### What each stage made of the clip (the first 30 s)")
+            keys = list(FIGURES)
+            for row in (keys[:2], keys[2:4], keys[4:]):
+                with gr.Row():
+                    figures += [
+                        gr.Image(
+                            label=FIGURES[key], type="filepath", interactive=False, elem_id=f"trace-{key}"
+                        )
+                        for key in row
+                    ]
+        button.click(run, [audio, upload, context], [message, ours, baseline, timings, *figures])
     return app
 
 
