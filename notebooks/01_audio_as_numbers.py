@@ -220,6 +220,8 @@ print(
 # %% [markdown]
 # ## Exercises (about 40 minutes)
 #
+# Solutions: `notebooks/solutions/01_audio_as_numbers.py` (try first).
+#
 # 1. **Nyquist.** Generate a chirp from 100 Hz to 12 kHz at 16 kHz and plot its spectrogram. Where does
 #    the line fold back? Now resample a 48 kHz chirp to 16 kHz with `asr.audio.to_mono_16k`: what
 #    happens above 8 kHz, and why is that better?

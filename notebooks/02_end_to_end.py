@@ -220,6 +220,19 @@ print(
 #
 # ## Exercises (about 40 minutes)
 #
+# Solutions: `notebooks/solutions/02_end_to_end.py` (try first).
+#
+# 0. **Write your own `trace_data.py`** (about 30 lines, public API only). Input: an audio path and
+#    an `--out` folder. Load the clip (`asr.audio.load_audio`) and the model
+#    (`asr.inference.load_model(default_model(two_pass=False))`), compute the features with the
+#    processor (`model.processor.features([clip])`, or `model.processor(audio=clip)`), run the encoder
+#    (`model.encode`) and the projector (`model.project`), print the shape at every stage, and save
+#    `encoder_output.png` and `projector_output.png` (`imshow` of the frames, time on the x axis).
+#    Print the shapes of both models: this offline one (80 mel bins, encoder frames of 384,
+#    projector positions of 576) and the flagship whisper-large-v3-turbo → SmolLM3-3B (128 mel bins,
+#    encoder frames of 1280, projector positions of 2048), with the same frame counts. The original
+#    seed course's 1280 → 1536 is wrong for SmolLM3-3B, whose hidden size is 2048. `asr.trace` is the
+#    full model answer; `notebooks/solutions/trace_data.py` is a short one.
 # 1. Run `python -m asr.trace YOUR.wav --out trace_out` from a terminal (record yourself, or write a
 #    synthetic clip with `soundfile.write`). Open the PNGs. Which figure changes most between
 #    speakers?

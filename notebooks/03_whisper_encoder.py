@@ -270,10 +270,14 @@ print(
 # %% [markdown]
 # ## Exercises (about 40 minutes)
 #
+# Solutions: `notebooks/solutions/03_whisper_encoder.py` (try first).
+#
 # 1. Compute by hand the encoder frames for 1 s, 7.3 s and 30 s of audio, then verify with the stem.
 # 2. Replace the positional table by zeros in a copy of the encoder (`whisper.embed_positions.weight`)
 #    and compare outputs on the clip: how much does the encoder rely on positions?
-# 3. Extend section 4 to the whole encoder (4 blocks + final LayerNorm) and match `short.last_hidden_state`.
+# 3. Extend section 4 to the whole encoder (the 4 blocks by hand, then the final LayerNorm) and match
+#    `variable`, the output of `AudioEncoder.variable` in section 5 (`short[i]`, the library's state
+#    after block *i*, checks each step on the way). Feed the stem the same mel frames as `short`.
 # 4. Pick the head with the most local attention in layer 0 (largest mean weight within ±2 frames of
 #    the diagonal). Plot it alone.
 # 5. Time the padded and the variable path for this clip (`%timeit`). What speed-up do you get, and why

@@ -184,11 +184,14 @@ plt.show()
 # projector.
 
 # %% [markdown]
-# ## 5. Generation is a loop; the KV cache makes it linear
+# ## 5. Generation is a loop; the KV cache removes the recomputation
 #
 # Greedy decoding: feed the prompt, take the most likely token, append it, repeat until
 # `<|im_end|>`. Each new token needs the keys and values of every earlier position in every layer.
-# Recomputing them costs O(T²) over a sequence; caching them makes each step one position long.
+# Without a cache every step re-runs the whole sequence: O(T²) position-passes through the weights
+# and O(T³) attention over T tokens. With the cache each step runs one new position through the
+# weights, but its attention still reads all t earlier positions, so the total stays O(T²): the
+# cache does not make decoding linear, it removes a factor of T.
 # Per cached position: 2 (K and V) × 30 layers × 3 KV heads × 64 × 4 bytes (float32) = 46 080 bytes.
 # Grouped-query attention (3 KV heads for 9 query heads) divides this by 3.
 
@@ -324,11 +327,19 @@ print(
 # %% [markdown]
 # ## Exercises (about 40 minutes)
 #
-# 1. Extend `greedy` with a repetition penalty (divide positive logits of already generated tokens by
-#    1.1, multiply negative ones) and check it against
-#    `model.generate(**inputs, max_new_tokens=N, repetition_penalty=1.1)`.
-# 2. Time `greedy(N, use_cache)` for N = 8, 16, 32, 64 with and without cache and plot the curves.
-#    Which one is linear, which one quadratic?
+# Solutions: `notebooks/solutions/04_llm_decoder.py` (try first).
+#
+# 1. Extend `greedy` with CTRL's repetition penalty θ = 1.1: before each argmax, for every token id
+#    already among the *generated* tokens (once, however often it occurred; the prompt is not
+#    penalised), divide its logit by θ if it is positive and multiply it by θ if it is negative.
+#    Check it token for token against
+#    `model.generate(**inputs, max_new_tokens=N, repetition_penalty=1.1)`. Pass the penalty
+#    explicitly: without it `generate` uses `model.decoding.repetition_penalty`, which is 1.2 (the
+#    checkpoint's `generation_config.json`), not 1.0 or 1.1.
+# 2. Time `greedy(N, use_cache)` for N = 8, 16, 32, 64 with and without cache (generate exactly N
+#    tokens: do not stop at `<|im_end|>`) and plot the curves. With a cache, each step processes one
+#    new position but attends to all earlier ones; without, it reruns the whole sequence. What does
+#    generating T tokens cost in each case, and why do the measured curves look linear and quadratic?
 # 3. How large is the KV cache for a 30 s clip (300 audio positions + 34 prompt tokens + 200 generated)
 #    in float32 and in bfloat16? For SmolLM3-3B (36 layers, 4 KV heads of 128)?
 # 4. Put a context (`processor(audio=[clip], context="Kate, China")`, or

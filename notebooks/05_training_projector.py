@@ -221,6 +221,8 @@ print(
 # %% [markdown]
 # ## Exercises (about 40 minutes)
 #
+# Solutions: `notebooks/solutions/05_training_projector.py` (try first).
+#
 # 1. **Generalisation.** Synthesize 20 sentences with `asr.synth.sentences(20, seed=1)` and several
 #    voices, cache them, and train 60 steps in batches of 4. Does the held-out clip improve? Plot train vs held-out
 #    loss (compute the held-out loss without `backward`).

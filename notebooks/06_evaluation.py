@@ -243,6 +243,8 @@ for name in systems:
 # %% [markdown]
 # ## Exercises (about 40 minutes)
 #
+# Solutions: `notebooks/solutions/06_evaluation.py` (try first).
+#
 # 1. Run `asr evaluate --manifest ../shared/data/speechocean762.dev.jsonl --limit 100 --compare faster-whisper`
 #    (from the repository root). How wide is the bootstrap interval on 100 clips?
 # 2. Compute CER (`asr.evaluate.corpus_cer`) next to WER. For which errors does CER forgive more?

@@ -278,12 +278,20 @@ print(
 #
 # ## Exercises (about 40 minutes)
 #
-# 1. Record 10 sentences of your own (phone, 16 kHz or any rate: `load_audio` resamples), write the
-#    manifest as in section 2, validate it, and run stage 1 for 100 steps. Evaluate before and after.
+# Solutions: `notebooks/solutions/07_finetuning_stages.py` (try first).
+#
+# 1. Record 10 sentences of your own (phone, 16 kHz or any rate: `load_audio` resamples; or synthesise
+#    them with several voices), write the manifests as in section 2 and validate them, keeping one
+#    speaker for a dev set only. Continue the shipped checkpoint on the rest for at most 50 steps
+#    (`experiment=stage1_own_data` with `training.init_from=checkpoints/offline training.max_steps=50`:
+#    a real stage 1 from a fresh projector needs hundreds of clips and steps). Compare the dev WER
+#    before and after, separately for sentences seen in training and new ones.
 # 2. Which of the three stage-2 corpora would you down-weight for a meeting-transcription product,
 #    and why? Change the weights in a copy of `conf/data/shared.yaml`.
 # 3. LoRA rank: how many parameters for r = 4, 16, 64? At which rank does LoRA outgrow the projector?
 #    Add `o_proj` to the targets and recount.
 # 4. Find a case where a context *hurts* Whisper here (a wrong hot word similar to a word that was said).
-# 5. After stage 3, compare our model's WER with and without context on sentences with rare names
-#    (section 4's cases) — and with a context of *unrelated* names.
+# 5. The shipped checkpoint (`checkpoints/offline`, `default_model(two_pass=False)`) was trained without
+#    contexts. Measure its WER on section 4's sentences with no context, with the right names and with
+#    *unrelated* names. What should stage 3 (`experiment=stage3_context`, after stages 1 and 2: far
+#    more than a class's CPU time) change, and how would you check that a context never hurts?
