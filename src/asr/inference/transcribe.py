@@ -130,8 +130,8 @@ class FasterWhisperBackend:
 
 def load_model(path: str | Path | None = None, dtype: torch.dtype = torch.float32) -> ASRModel:
     """A checkpoint saved by ``ASRModel.save_pretrained`` (default: :func:`default_model`), for
-    inference (LoRA adapters folded into the frozen weights at load, peft not imported); when the default is absent, the untrained offline model,
-    with a warning."""
+    inference (LoRA adapters folded into the frozen weights at load, peft not imported); when the
+    default is absent, the untrained offline model, with a warning."""
     path = Path(path) if path is not None else default_model()
     if not (path / "config.json").is_file() and path in (DEFAULT_CHECKPOINT, default_model()):
         warnings.warn(
