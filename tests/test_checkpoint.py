@@ -17,7 +17,9 @@ pytestmark = pytest.mark.real
 # measured on these 24 clips when the checkpoint was shipped (see checkpoints/offline/README.md),
 # plus a margin for CPU numerics; the untrained model scores several hundred percent here.
 # Tighten it whenever a better checkpoint is shipped.
-WER_BOUND = 0.80  # measured 65.9% at shipping (step 1,800 of experiment=local_corpus_lora)
+WER_BOUND = 0.60  # measured 47.4% at shipping (step 1,200 of experiment=native_ctc); 65.9% before
+# the same on 24 clips spread over the LibriSpeech dev speakers: native read English
+NATIVE_WER_BOUND = 0.65  # measured 52.4% at shipping; the checkpoint shipped before wrote ~89%
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "checkpoints" / "offline"
 
@@ -51,23 +53,34 @@ def test_shipped_checkpoint_transcribes_real_speech(shipped, shared_data):
     assert wer <= WER_BOUND, f"WER {wer:.1%} over the bound {WER_BOUND:.0%}: {pairs[:4]}"
 
 
+def test_shipped_checkpoint_transcribes_native_english(shipped, shared_data):
+    rows = [json.loads(line) for line in (shared_data / "librispeech.dev.jsonl").read_text().splitlines()]
+    rows = rows[::25][:24]  # spread over the 10 dev speakers
+    audios = [load_audio(shared_data / r["audio"]) for r in rows]
+    hyps: list[str] = []
+    for i in range(0, len(audios), 8):
+        hyps += shipped.transcribe(audios[i : i + 8])
+    wer = corpus_wer([r["text"] for r in rows], hyps)
+    print(f"shipped checkpoint WER on {len(rows)} LibriSpeech dev clips: {wer:.1%}")
+    assert wer <= NATIVE_WER_BOUND, list(zip([r["text"] for r in rows], hyps, strict=True))[:3]
+
+
 # Transcripts of the first speechocean762 dev clips, one clip at a time, by the checkpoint as
-# shipped before the processor/generation-config refactor (commit d9a345f): the refactor moved
-# code, not behaviour.
-BEFORE_REFACTOR = [
-    "mike is going to see a fish",
-    "kate love camel",
+# shipped (experiment=native_ctc, step 1,200): a change that moves code must not move these.
+AS_SHIPPED = [
+    "mike is going to see a farm",
+    "kate loves chinese",
     "two six four eight",
     "seven three four two",
 ]
 
 
-def test_transcripts_unchanged_by_the_refactor(shipped, shared_data):
+def test_transcripts_as_shipped(shipped, shared_data):
     rows = [json.loads(line) for line in (shared_data / "speechocean762.dev.jsonl").read_text().splitlines()][
         :4
     ]
     hyps = [shipped.transcribe([load_audio(shared_data / r["audio"])])[0] for r in rows]
-    assert hyps == BEFORE_REFACTOR
+    assert hyps == AS_SHIPPED
 
 
 def test_checkpoint_in_the_old_format_loads_the_same(shipped, tmp_path):
