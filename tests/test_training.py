@@ -141,7 +141,7 @@ def test_training_writes_checkpoints_logs_and_resumes_identically(tmp_path):
     assert straight["summary"]["steps"] == 6
     assert [p.name for p in checkpoints(tmp_path / "a")] == ["step-3", "step-6"]
     log = (tmp_path / "a" / "log.csv").read_text().splitlines()
-    assert log[0].startswith("step,epoch,loss,lr") and len(log) >= 7
+    assert log[0].startswith("step,epoch,loss,ctc_loss,lr") and len(log) >= 7
     assert (tmp_path / "a" / "final" / "model.safetensors").is_file()
     assert not list((tmp_path / "a" / "checkpoints").glob(".tmp-*"))
 
