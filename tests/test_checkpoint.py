@@ -40,29 +40,27 @@ def test_shipped_checkpoint_is_small_and_offline(shipped):
     assert shipped.config.decoder_source.startswith("packaged:")
 
 
-def test_shipped_checkpoint_transcribes_real_speech(shipped, shared_data):
-    rows = [json.loads(line) for line in (shared_data / "speechocean762.dev.jsonl").read_text().splitlines()]
-    rows = rows[::50][:24]  # spread over the dev speakers
+def dev_wer(model: ASRModel, shared_data: Path, manifest: str) -> tuple[float, list[tuple[str, str]]]:
+    """WER on 24 clips spread over a dev set's speakers (every 25th row), batches of 8."""
+    rows = [json.loads(line) for line in (shared_data / manifest).read_text().splitlines()][::25][:24]
     audios = [load_audio(shared_data / r["audio"]) for r in rows]
     hyps: list[str] = []
     for i in range(0, len(audios), 8):
-        hyps += shipped.transcribe(audios[i : i + 8])
-    wer = corpus_wer([r["text"] for r in rows], hyps)
-    print(f"shipped checkpoint WER on {len(rows)} dev clips: {wer:.1%}")
-    pairs = list(zip([r["text"] for r in rows], hyps, strict=True))
+        hyps += model.transcribe(audios[i : i + 8])
+    references = [r["text"] for r in rows]
+    return corpus_wer(references, hyps), list(zip(references, hyps, strict=True))
+
+
+def test_shipped_checkpoint_transcribes_real_speech(shipped, shared_data):
+    wer, pairs = dev_wer(shipped, shared_data, "speechocean762.dev.jsonl")
+    print(f"shipped checkpoint WER on {len(pairs)} speechocean762 dev clips: {wer:.1%}")
     assert wer <= WER_BOUND, f"WER {wer:.1%} over the bound {WER_BOUND:.0%}: {pairs[:4]}"
 
 
 def test_shipped_checkpoint_transcribes_native_english(shipped, shared_data):
-    rows = [json.loads(line) for line in (shared_data / "librispeech.dev.jsonl").read_text().splitlines()]
-    rows = rows[::25][:24]  # spread over the 10 dev speakers
-    audios = [load_audio(shared_data / r["audio"]) for r in rows]
-    hyps: list[str] = []
-    for i in range(0, len(audios), 8):
-        hyps += shipped.transcribe(audios[i : i + 8])
-    wer = corpus_wer([r["text"] for r in rows], hyps)
-    print(f"shipped checkpoint WER on {len(rows)} LibriSpeech dev clips: {wer:.1%}")
-    assert wer <= NATIVE_WER_BOUND, list(zip([r["text"] for r in rows], hyps, strict=True))[:3]
+    wer, pairs = dev_wer(shipped, shared_data, "librispeech.dev.jsonl")
+    print(f"shipped checkpoint WER on {len(pairs)} LibriSpeech dev clips: {wer:.1%}")
+    assert wer <= NATIVE_WER_BOUND, f"WER {wer:.1%} over the bound {NATIVE_WER_BOUND:.0%}: {pairs[:3]}"
 
 
 # Transcripts of the first speechocean762 dev clips, one clip at a time, by the checkpoint as
