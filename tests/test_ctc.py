@@ -14,7 +14,7 @@ from conftest import tiny_model
 from test_modeling import clips, training_batch
 
 from asr import ASRModel
-from asr.ctc import CTCHead, ctc_targets
+from asr.ctc import CTCHead, ctc_greedy, ctc_targets
 from asr.prompt import IGNORE_INDEX
 from asr.training.loop import build_model
 
@@ -56,6 +56,30 @@ def test_loss_equals_the_sum_over_alignments() -> None:
     log_probs = head(audio, embeddings[torch.tensor([3, 7])])[0]
     expected = reference_ctc(log_probs, [1, 0, 1], blank=2) / 3  # mean: per target token
     assert loss.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_greedy_readout_merges_repeats_drops_blanks_and_stops_at_each_length() -> None:
+    blank = 3
+    paths = [[0, 0, 3, 1, 1, 3, 1, 2], [2, 3, 2, 2, 0, 0, 0, 0]]
+    log_probs = torch.full((2, 8, 4), -10.0)
+    for row, path in enumerate(paths):
+        log_probs[row, torch.arange(8), torch.tensor(path)] = 0.0
+    assert blank == log_probs.shape[-1] - 1
+    # row 0: "0 0 _ 1 1 _ 1 2" -> 0 1 1 2 (the blank keeps the two 1s apart); row 1 stops after 4
+    assert ctc_greedy(log_probs, torch.tensor([8, 4])) == [[0, 1, 1, 2], [2, 2]]
+
+
+def test_greedy_readout_of_audio_at_the_token_embeddings_is_the_transcript() -> None:
+    torch.manual_seed(0)
+    head = CTCHead(16)
+    head.log_scale.data.fill_(2.0)  # a confident head
+    embeddings = torch.nn.functional.normalize(torch.randn(40, 16), dim=-1) * 4
+    spoken = [5, 9, 9, 30]
+    audio = torch.stack([embeddings[t] for t in spoken])[None]
+    audio = torch.cat([audio[:, :2], torch.zeros(1, 1, 16), audio[:, 2:]], dim=1)  # a gap between the 9s
+    head.blank.weight.data.zero_()
+    head.blank.bias.data.fill_(5.0)  # the zero vector is blank; the others are their tokens
+    assert ctc_greedy(head(audio, embeddings), torch.tensor([5])) == [spoken]
 
 
 def test_audio_near_the_spoken_tokens_scores_better_than_the_same_vectors_reordered() -> None:

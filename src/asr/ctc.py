@@ -69,3 +69,14 @@ def ctc_targets(labels: torch.Tensor, drop_ids: tuple[int, ...] = ()) -> tuple[t
     for token in drop_ids:
         keep &= labels != token
     return labels[keep], keep.sum(dim=1)
+
+
+def ctc_greedy(log_probs: torch.Tensor, lengths: torch.Tensor) -> list[list[int]]:
+    """CTC's best-path read-out of (B, P, C + 1) log-probs (blank last): per row, the argmax class
+    at each of its ``lengths`` positions, repeats merged, blanks dropped (Graves et al. 2006)."""
+    blank = log_probs.shape[-1] - 1
+    rows = []
+    for best, n in zip(log_probs.argmax(-1).tolist(), lengths.tolist(), strict=True):
+        path = best[: int(n)]
+        rows.append([c for i, c in enumerate(path) if c != blank and (i == 0 or c != path[i - 1])])
+    return rows
