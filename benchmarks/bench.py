@@ -30,6 +30,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import soundfile as sf
 import torch
 from faster_whisper_worker import peak_rss_mb  # this folder: on sys.path when run as a script
 from tqdm.auto import tqdm
@@ -39,9 +41,13 @@ from asr.evaluate import corpus_wer, read_manifest
 from asr.inference import FASTER_WHISPER, FASTER_WHISPER_OPTIONS, Transcriber, default_model, load_model
 from asr.sources import packaged_whisper_dir
 
-PARTS = ("runs", "startup", "profile")  # speed/memory per configuration, startup time, our model's profile
+# speed/memory per configuration, startup time, our model's profile, one long file
+PARTS = ("runs", "startup", "profile", "longform")
+LONGFORM_SECONDS = 300.0  # the long file: consecutive manifest clips, at least this long
+LONGFORM_GAP_SECONDS = 0.5  # silence between them
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_MANIFEST = ROOT.parent / "shared" / "data" / "speechocean762.dev.jsonl"
+LONGFORM_MANIFEST = ROOT.parent / "shared" / "data" / "librispeech.dev.jsonl"  # read speech, in order
 FASTER_WHISPER_WORKER = Path(__file__).resolve().with_name("faster_whisper_worker.py")
 
 
@@ -81,6 +87,44 @@ def run_config(spec: dict[str, Any]) -> dict[str, Any]:
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "texts": [t.text for t in transcripts],
     }
+
+
+def run_longform(spec: dict[str, Any]) -> dict[str, Any]:
+    """Our model on one long file: the Transcriber's overlapping windows, ``batch_size`` at a time."""
+    torch.set_num_threads(spec["threads"])
+    transcriber = Transcriber(spec["model"], batch_size=spec["batch_size"], threads=spec["threads"])
+    audio = load_audio(spec["file"])
+    transcriber([audio[: 10 * 16000]])  # warm-up
+    start = time.perf_counter()
+    text = transcriber([audio])[0].text
+    seconds = time.perf_counter() - start
+    return {
+        "system": transcriber.name,
+        "batch_size": spec["batch_size"],
+        "audio_seconds": round(len(audio) / 16000, 2),
+        "seconds": round(seconds, 3),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "texts": [text],
+    }
+
+
+def make_long_file(manifest: str | Path, seconds: float, folder: Path) -> tuple[Path, str]:
+    """Consecutive clips of ``manifest`` (so one speaker's reading goes on) joined with short
+    silences into one WAV of at least ``seconds``; returns its path and the joined reference."""
+    parts, texts, total = [], [], 0.0
+    gap = np.zeros(int(LONGFORM_GAP_SECONDS * 16000), dtype=np.float32)
+    for row in read_manifest(manifest):
+        clip = load_audio(row["audio"])
+        parts += [clip, gap]
+        texts.append(row["text"])
+        total += len(clip) / 16000 + LONGFORM_GAP_SECONDS
+        if total >= seconds:
+            break
+    if total < seconds:
+        raise ValueError(f"{manifest}: only {total:.0f} s of audio, the long-form file needs {seconds:.0f} s")
+    path = folder / "longform.wav"
+    sf.write(path, np.concatenate(parts), 16000)
+    return path, " ".join(texts)
 
 
 def faster_whisper_command(spec_file: str) -> list[str]:
@@ -162,7 +206,7 @@ def _write_spec(spec: dict[str, Any]) -> str:
 
 
 def _worker_command(mode: str, spec_file: str, model: str) -> list[str]:
-    if model == FASTER_WHISPER and mode == "run":
+    if model == FASTER_WHISPER and mode in ("run", "longform"):
         return faster_whisper_command(spec_file)
     return [sys.executable, str(Path(__file__).resolve()), "--worker", mode, spec_file]
 
@@ -256,6 +300,21 @@ def format_tables(report: dict[str, Any]) -> str:
             f"| {r['system']} | {r['batch_size']} | {r['compute_type']} | {r['rtf']:.3f} | {r['seconds']:.2f} "
             f"| {r['peak_rss_mb']:.0f} | {r['load_seconds']:.1f} | {100 * r['wer']:.1f}% |"
         )
+    if report.get("longform"):
+        lines += [
+            "",
+            f"Long-form: one file of {report['longform_seconds']:.0f} s ({report['longform_manifest']}):",
+            "| system | batch | RTF | seconds | peak RSS MiB | WER |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in report["longform"]:
+            if "error" in r:
+                lines.append(f"| {r['spec_model']} | | failed: {r['error']} | | | |")
+                continue
+            lines.append(
+                f"| {r['system']} | {r['batch_size']} | {r['rtf']:.3f} | {r['seconds']:.1f} "
+                f"| {r['peak_rss_mb']:.0f} | {100 * r['wer']:.1f}% |"
+            )
     if report.get("startup"):
         lines += ["", "| startup (spawn -> first transcript) | seconds |", "|---|---|"]
         lines += [f"| {name} | {sec:.1f} |" for name, sec in report["startup"].items()]
@@ -287,6 +346,7 @@ def run(
     parts: tuple[str, ...] = PARTS,
     timeout: float = 900,
     out: str | Path | None = "bench.json",
+    longform_manifest: str | Path = LONGFORM_MANIFEST,
 ) -> dict[str, Any]:
     """Run the benchmark ``parts`` (see :data:`PARTS`); returns (and optionally saves) the report."""
     rows = read_manifest(manifest, limit=clips)
@@ -312,6 +372,16 @@ def run(
         "machine": {"processor": platform.processor() or platform.machine(), "cpus": os.cpu_count()},
         "runs": runs,
     }
+    if "longform" in parts:
+        with tempfile.TemporaryDirectory() as folder:
+            path, reference = make_long_file(longform_manifest, LONGFORM_SECONDS, Path(folder))
+            long_specs = [
+                {**base, "model": model, "file": str(path), "batch_size": 8},
+                {**base, "model": FASTER_WHISPER, "file": str(path), "batch_size": 8, "compute_type": "int8"},
+            ]
+            report["longform"] = [_score(_spawn("longform", s, timeout), [reference]) for s in long_specs]
+        report["longform_manifest"] = str(longform_manifest)
+        report["longform_seconds"] = report["longform"][0].get("audio_seconds", LONGFORM_SECONDS)
     if "startup" in parts:
         report["startup"] = _startup(model, base, timeout)
     if "profile" in parts:
@@ -338,6 +408,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--parts", nargs="+", choices=PARTS, default=list(PARTS), help="what to measure (default: all)"
     )
+    parser.add_argument(
+        "--longform-manifest",
+        default=str(LONGFORM_MANIFEST),
+        help="clips joined in order into one long file (default: %(default)s)",
+    )
     parser.add_argument("--out", default="bench.json", help="JSON report path (default: %(default)s)")
 
 
@@ -352,6 +427,7 @@ def main_from_args(args: argparse.Namespace) -> int:
         threads=args.threads,
         parts=tuple(args.parts),
         out=args.out,
+        longform_manifest=args.longform_manifest,
     )
     print(format_tables(report))
     print(f"\nsaved {args.out}")
@@ -363,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["--worker"]:
         mode, spec_file = argv[1], argv[2]
         spec = json.loads(Path(spec_file).read_text())
-        result = run_config(spec) if mode == "run" else run_profile(spec)
+        result = {"run": run_config, "profile": run_profile, "longform": run_longform}[mode](spec)
         print(json.dumps(result))
         return 0
     parser = argparse.ArgumentParser(prog="python benchmarks/bench.py", description=__doc__.splitlines()[0])

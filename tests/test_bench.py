@@ -106,3 +106,55 @@ def test_python_m_asr_is_the_asr_command(tmp_path: Path) -> None:
     assert proc.stdout.startswith("usage: asr ")
     assert all(command in proc.stdout for command in ("transcribe", "evaluate", "trace"))
     assert "bench" not in proc.stdout
+
+
+@pytest.fixture(scope="module")
+def long_file(spec: dict, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    root = tmp_path_factory.mktemp("longform")
+    manifest = root / "m.jsonl"
+    manifest.write_text(
+        "".join(f'{{"audio": "{c}", "text": "clip {i}"}}\n' for i, c in enumerate(spec["clips"] * 4))
+    )
+    with pytest.raises(ValueError, match="only 24 s of audio"):
+        bench.make_long_file(manifest, 60.0, root)
+    return bench.make_long_file(manifest, 10.0, root)
+
+
+def test_long_file_joins_clips_in_order_with_gaps(long_file: tuple[Path, str]) -> None:
+    path, reference = long_file
+    audio, rate = sf.read(path)
+    # 1.0 + 2.0 + 1.5 + 1.0 + 2.0 s of clips and a 0.5 s gap after each: 10 s, the first 5 clips
+    assert rate == 16000 and len(audio) == 16000 * (7.5 + 5 * bench.LONGFORM_GAP_SECONDS)
+    assert reference == "clip 0 clip 1 clip 2 clip 3 clip 4"
+
+
+def test_run_longform_reports_one_text_for_the_file(spec: dict, long_file: tuple[Path, str]) -> None:
+    result = bench.run_longform({**spec, "file": str(long_file[0]), "batch_size": 8})
+    assert result["audio_seconds"] == 10.0 and result["batch_size"] == 8 and len(result["texts"]) == 1
+    table = bench.format_tables(
+        {
+            "clips": 0,
+            "audio_seconds": 0,
+            "threads": 1,
+            "machine": {"processor": "x"},
+            "runs": [],
+            "longform": [bench._score(result, ["clip 0 clip 1"])],
+            "longform_seconds": 10.0,
+            "longform_manifest": "m.jsonl",
+        }
+    )
+    assert "Long-form: one file of 10 s" in table and "| 8 |" in table
+
+
+@pytest.mark.real
+def test_faster_whisper_longform_worker(spec: dict, long_file: tuple[Path, str]) -> None:
+    """The baseline's long-form side: BatchedInferencePipeline at batch 8 over the same file."""
+    from asr.inference import FASTER_WHISPER_OPTIONS
+    from asr.sources import packaged_whisper_dir
+
+    fw = {**spec, "model": "faster-whisper", "compute_type": "int8", "options": FASTER_WHISPER_OPTIONS}
+    fw |= {"model_dir": str(packaged_whisper_dir()), "file": str(long_file[0]), "batch_size": 8}
+    result = bench._spawn("longform", fw, timeout=300)
+    assert "error" not in result, result
+    assert "BatchedInferencePipeline" in result["system"] and len(result["texts"]) == 1
+    assert result["audio_seconds"] == 10.0
