@@ -81,6 +81,17 @@ def test_transcripts_as_shipped(shipped, shared_data):
     assert hyps == AS_SHIPPED
 
 
+def test_prompt_head_cache_keeps_real_transcripts(shipped, shared_data):
+    """Decoding with the shared prompt head cached (the default) gives the same tokens as running
+    every row's whole prompt, on real clips of both dev sets in mixed-length batches."""
+    for manifest, n in (("librispeech.dev.jsonl", 4), ("speechocean762.dev.jsonl", 8)):
+        rows = [json.loads(line) for line in (shared_data / manifest).read_text().splitlines()][::50][:n]
+        inputs = shipped.processor(audio=[load_audio(shared_data / r["audio"]) for r in rows])
+        cached = shipped.generate(**inputs)
+        plain = shipped.generate(**inputs, cache_prompt_head=False)
+        assert shipped.processor.batch_decode(cached) == shipped.processor.batch_decode(plain), manifest
+
+
 def test_checkpoint_in_the_old_format_loads_the_same(shipped, tmp_path):
     """A checkpoint saved before processors and generation configs (prompt and decoding options
     inside config.json, nothing else beside the weights) loads with the same options."""

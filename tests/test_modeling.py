@@ -192,6 +192,39 @@ def test_generation_with_context(tiny: ASRModel, batch_audio) -> None:
     assert batched == alone
 
 
+@pytest.mark.parametrize("context", [None, ["names: Kate", None, "x", None]])
+def test_prompt_head_cache_gives_the_same_tokens(tiny: ASRModel, batch_audio, context) -> None:
+    """The shared head's keys/values computed once (the default) or per row: the same ids."""
+    inputs = tiny.processor(audio=batch_audio[:4], context=context[: len(batch_audio)] if context else None)
+    plain = tiny.generate(**inputs, **VISIBLE, cache_prompt_head=False)
+    cached = tiny.generate(**inputs, **VISIBLE)
+    assert torch.equal(plain, cached)
+    embeds = tiny.merge(
+        inputs["input_ids"],
+        inputs["audio_mask"],
+        *tiny.audio_embeddings(inputs["input_features"], inputs["mel_lengths"]),
+    )
+    moved, mask, cache = tiny._prompt_head_cache(
+        inputs["input_ids"], inputs["attention_mask"], inputs["audio_mask"], embeds
+    )
+    head = cache.get_seq_length()
+    assert head > 0 and mask[:, :head].all() and int(mask.sum()) == int(inputs["attention_mask"].sum())
+    # each row: its own head first, then its padding, then the rest of its prompt, in order
+    for row in range(len(moved)):
+        kept = inputs["attention_mask"][row].bool()
+        torch.testing.assert_close(moved[row][mask[row].bool()], embeds[row][kept])
+
+
+def test_rows_without_a_shared_head_are_not_rearranged(tiny: ASRModel, batch_audio) -> None:
+    inputs = tiny.processor(audio=batch_audio[:2])
+    ids = inputs["input_ids"].clone()
+    first = int(inputs["attention_mask"][1].argmax())
+    ids[1, first] += 1  # the second row's first token differs
+    embeds = tiny.decoder.get_input_embeddings()(ids)
+    moved, mask, cache = tiny._prompt_head_cache(ids, inputs["attention_mask"], inputs["audio_mask"], embeds)
+    assert cache is None and moved is embeds and mask is inputs["attention_mask"]
+
+
 def test_decoding_cap_follows_audio_length(tiny: ASRModel) -> None:
     assert tiny.max_new_tokens_for(torch.tensor([100, 300])) == 16 + 24  # 3 s at 8 tokens/s
     text = tiny.transcribe(clips(0.5), suppress_tokens=[*range(17), 198])[

@@ -577,13 +577,16 @@ class ASRModel(PreTrainedModel):
         encoder_lengths: torch.Tensor | None = None,
         decoding: DecodingConfig | None = None,
         max_new_tokens: int | None = None,
+        cache_prompt_head: bool = True,
         **generate_kwargs: Any,
     ) -> torch.Tensor:
         """Token ids (B, T) generated after a batch of left-padded prompts (``ASRProcessor``
         output), by greedy or beam search as ``decoding`` (default: the generation config) says.
 
         Each row stops at its own cap from its clip's duration, so a clip decodes the same alone
-        or in any batch; positions past a row's cap hold the pad token."""
+        or in any batch; positions past a row's cap hold the pad token. With
+        ``cache_prompt_head`` (greedy only) the prompt's head, identical in every row, runs through
+        the LLM once (:meth:`_prompt_head_cache`)."""
         decoding = decoding or self.decoding
         overrides = {k: generate_kwargs.pop(k) for k in asdict(decoding) if k in generate_kwargs}
         decoding = decoding.replace(**overrides) if overrides else decoding
@@ -609,11 +612,57 @@ class ASRModel(PreTrainedModel):
             "pad_token_id": self.generation_config.pad_token_id,
             **generate_kwargs,
         }
+        if cache_prompt_head and decoding.num_beams == 1 and "past_key_values" not in generate_kwargs:
+            embeds, attention_mask, options["past_key_values"] = self._prompt_head_cache(
+                input_ids, attention_mask, audio_mask, embeds
+            )
         tokens = self.decoder.generate(inputs_embeds=embeds, attention_mask=attention_mask, **options)
         if caps is not None:  # each clip's own cap
             past = torch.arange(tokens.shape[1], device=tokens.device)[None, :] >= torch.tensor(caps)[:, None]
             tokens = tokens.masked_fill(past.to(tokens.device), self.generation_config.pad_token_id)
         return tokens
+
+    def _prompt_head_cache(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        audio_mask: torch.Tensor,
+        embeds: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, DynamicCache | None]:
+        """The chat template and system prompt before the audio are the same tokens in every row
+        (a fifth to a third of a short clip's prompt): their keys and values are computed once, for
+        one row, and shared. Each left-padded row is rearranged to ``[head | padding | rest]`` so
+        the cached head lines up; the attention mask skips the padding and positions follow the
+        mask, so every row decodes as it would alone (tested). Returns the rearranged embeddings,
+        mask and the head's cache (None where rows do not share a head)."""
+        width = input_ids.shape[1]
+        pads = (attention_mask == 0).long().cumprod(1).sum(1)  # left padding of each row
+        first_audio = audio_mask.long().argmax(1)
+        head = int((first_audio - pads).min())
+        if head < 1:
+            return embeds, attention_mask, None
+        offsets = torch.arange(width, device=input_ids.device)
+        start = pads[:, None]
+        # per row: the head's positions first, then the padding, then the rest
+        order = torch.where(
+            offsets[None] < head,
+            start + offsets[None],
+            torch.where(offsets[None] < head + start, offsets[None] - head, offsets[None]),
+        )
+        heads = input_ids.gather(1, order[:, :head])
+        if not bool((heads == heads[:1]).all()):
+            return embeds, attention_mask, None
+        embeds = embeds.gather(1, order[..., None].expand(-1, -1, embeds.shape[-1]))
+        attention_mask = attention_mask.gather(1, order)
+        cache = DynamicCache(config=self.decoder.config)
+        self.decoder(
+            inputs_embeds=embeds[:1, :head],
+            attention_mask=attention_mask[:1, :head],
+            past_key_values=cache,
+            use_cache=True,
+        )
+        cache.batch_repeat_interleave(len(input_ids))
+        return embeds, attention_mask, cache
 
     def run_first_pass(self, clips: list[np.ndarray]) -> list[list[str]] | None:
         """Two-pass mode: the encoder source's own Whisper decoder on each (checked, 16 kHz)
