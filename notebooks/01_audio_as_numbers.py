@@ -22,25 +22,15 @@
 # otherwise.
 
 # %%
-import json
-from pathlib import Path
-
 import matplotlib.pyplot as plt
 import numpy as np
 from transformers import WhisperFeatureExtractor
 
-from asr.audio import HOP_LENGTH, SAMPLE_RATE, load_audio
+from asr.audio import HOP_LENGTH, SAMPLE_RATE
 from asr.lengths import mel_frames
-from asr.synth import synthesize
+from course import example_clip, save_figure
 
-DATA = Path.cwd().resolve().parent.parent / "shared" / "data"
-MANIFEST = DATA / "speechocean762.dev.jsonl"
-if MANIFEST.is_file():
-    row = json.loads(MANIFEST.read_text().splitlines()[0])
-    clip, text, origin = load_audio(DATA / row["audio"]), row["text"], "speechocean762 dev (real speech)"
-else:
-    text = "mark is going to see elephant"
-    clip, origin = synthesize(text), "espeak-ng (synthetic: ../shared/data is absent)"
+clip, text, origin = example_clip(0)
 print(f"clip from {origin}: {text!r}")
 print(f"{clip.shape[0]} samples, dtype {clip.dtype}, {clip.shape[0] / SAMPLE_RATE:.3f} s at {SAMPLE_RATE} Hz")
 print(f"range [{clip.min():+.3f}, {clip.max():+.3f}], RMS {np.sqrt(np.mean(clip**2)):.4f} (full scale = 1.0)")
@@ -64,6 +54,7 @@ top.set(xlabel="time (s)", ylabel="amplitude", title=f"Waveform: {len(clip)} sam
 top.legend(loc="upper right")
 bottom.plot(t[window] * 1000, clip[window], ".-", markersize=3, linewidth=0.5)
 bottom.set(xlabel="time (ms)", ylabel="amplitude", title="25 ms = 400 samples around the loudest sample")
+save_figure(fig, "01_waveform")
 plt.show()
 
 # %% [markdown]
@@ -125,6 +116,7 @@ ax.plot(freqs, fe.mel_filters[:, ::4], linewidth=0.8)
 ax.set(
     xlabel="frequency (Hz)", ylabel="filter weight", title="Every 4th of the 80 mel filters (slaney scale)"
 )
+save_figure(fig, "01_mel_filters")
 plt.show()
 
 # %% [markdown]
@@ -156,6 +148,7 @@ fig.colorbar(image, ax=ax, label="(log10 power + 4) / 4")
 ax.set(xlabel="frame (10 ms)", ylabel="mel bin", title=f"Log-mel spectrogram of {text!r}")
 seconds = ax.secondary_xaxis("top", functions=(lambda f: f / 100, lambda s: s * 100))
 seconds.set_xlabel("time (s)")
+save_figure(fig, "01_log_mel")
 plt.show()
 
 # %% [markdown]
@@ -191,6 +184,7 @@ ax.set(
     title="The same clip padded to Whisper's 30 s window (3000 frames)",
 )
 ax.legend(loc="upper right")
+save_figure(fig, "01_padded_window")
 plt.show()
 
 # %% [markdown]

@@ -27,18 +27,15 @@
 
 # %%
 # %matplotlib inline
-import json
-from pathlib import Path
-
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from IPython.display import display
 
-from asr.audio import load_audio
 from asr.inference import default_model, load_model
-from asr.synth import synthesize
+from asr.projector import build_projector
 from asr.trace import trace
+from course import example_clip, save_figure
 
 DEFAULT_MODEL = default_model(two_pass=False)  # checkpoints/offline of this repository
 
@@ -51,20 +48,15 @@ print(
     f"model: {'trained checkpoint ' + str(DEFAULT_MODEL) if trained else 'UNTRAINED projector (no checkpoint yet)'}"
 )
 
-DATA = Path.cwd().resolve().parent.parent / "shared" / "data"
-MANIFEST = DATA / "speechocean762.dev.jsonl"
-if MANIFEST.is_file():
-    row = json.loads(MANIFEST.read_text().splitlines()[0])
-    clip, reference = load_audio(DATA / row["audio"]), row["text"]
-else:
-    reference = "mark is going to see elephant"
-    clip = synthesize(reference)
+clip, reference, _ = example_clip(0)
 print(f"reference transcript: {reference!r}")
 
 # %% [markdown]
 # ## 1. Three parts, one trainable
 #
-# The encoder and the LLM are frozen; only the projector learns. Count the parameters:
+# The encoder and the LLM are frozen; the projector learns. (The shipped checkpoint also trained
+# small LoRA adapters inside the LLM; `load_model` folds them into its weights for inference, so
+# below they are part of the frozen decoder.) Count the parameters:
 
 
 # %%
@@ -102,7 +94,46 @@ print(
     "of prompt around them"
 )
 
+# %% [markdown]
+# The same numbers as a diagram: each box is a stage with the shape this clip has there (time ×
+# width), and below it the flagship's widths (whisper-large-v3-turbo 1280-d into SmolLM3-3B 2048-d).
+
 # %%
+stages = [
+    ("16 kHz audio", f"{s.samples:,} samples", "same"),
+    ("log-mel features", f"{s.mel_frames} × 80 (100/s)", "× 128 mel bins"),
+    ("Whisper encoder\n(frozen)", f"{s.encoder_frames} × {d_enc} (50/s)", "× 1280"),
+    (f"projector (trainable)\nstack k={s.stack}, MLP", f"{s.projector_positions} × {d_llm} (10/s)", "× 2048"),
+    ("SmolLM2-135M\n(frozen, LoRA folded)", f"prompt: {s.prompt_tokens} positions", "SmolLM3-3B"),
+    ("transcript", "token by token", ""),
+]
+fig, ax = plt.subplots(figsize=(13, 2.6))
+ax.set(xlim=(0, len(stages)), ylim=(0, 1))
+ax.axis("off")
+for i, (name, shape, flagship) in enumerate(stages):
+    colour = "#cde5c8" if "trainable" in name else "#dde3ee"
+    ax.text(
+        i + 0.45,
+        0.62,
+        name,
+        ha="center",
+        va="center",
+        fontsize=10,
+        bbox={"boxstyle": "round,pad=0.5", "facecolor": colour, "edgecolor": "0.4"},
+    )
+    ax.text(i + 0.45, 0.25, shape, ha="center", fontsize=9)
+    ax.text(i + 0.45, 0.08, flagship, ha="center", fontsize=8, color="0.45")
+    if i:
+        ax.annotate("", (i + 0.02, 0.62), (i - 0.12, 0.62), arrowprops={"arrowstyle": "->", "color": "0.3"})
+ax.set_title(
+    f"One {s.seconds:.2f} s clip through the offline model (grey: the flagship's widths)", fontsize=10
+)
+save_figure(fig, "02_pipeline")
+plt.show()
+
+# %%
+save_figure(result.figures["waveform"], "02_trace_waveform")
+save_figure(result.figures["log_mel"], "02_trace_log_mel")
 display(result.figures["waveform"], result.figures["log_mel"])
 
 # %% [markdown]
@@ -111,6 +142,8 @@ display(result.figures["waveform"], result.figures["log_mel"])
 # reason the projector ends with a LayerNorm.
 
 # %%
+save_figure(result.figures["encoder"], "02_trace_encoder")
+save_figure(result.figures["projector"], "02_trace_projector")
 display(result.figures["encoder"], result.figures["projector"])
 
 # %% [markdown]
@@ -146,59 +179,76 @@ print(f"\nmodel output: {result.text!r}")
 # The LLM only ever saw its own 49 152 token embeddings. Where do the audio vectors land relative to
 # them? Three measurements:
 #
-# * **scale**: RMS of a vector. The projector's LayerNorm gain starts at the embeddings' median RMS
-#   with zero bias, so before training *every* audio vector has exactly that RMS;
+# * **scale**: RMS of a vector;
 # * **nearest token**: cosine similarity of each audio vector with its nearest token embedding;
 # * **a 2-D picture**: PCA of token embeddings and audio vectors together.
 
+# %% [markdown]
+# We measure the audio vectors of two projectors on the same encoder frames: a freshly initialised
+# one (what `ASRModel.from_sources` builds before any training) and the shipped checkpoint's, when
+# there is one.
+
 # %%
 embeddings = model.decoder.get_input_embeddings().weight.detach()
-audio = torch.from_numpy(result.projected)
+frames = torch.from_numpy(result.encoder)[None]
+torch.manual_seed(0)
+with torch.no_grad():
+    projected = {"untrained projector": build_projector(model.config)(frames)[0]}
+if trained:
+    projected["shipped projector"] = torch.from_numpy(result.projected)
 rms = lambda x: x.pow(2).mean(-1).sqrt()  # noqa: E731
 unit = torch.nn.functional.normalize
-similarity = unit(audio, dim=-1) @ unit(embeddings, dim=-1).T  # (positions, vocab)
-best, nearest = similarity.max(dim=-1)
 sample = embeddings[torch.randperm(len(embeddings), generator=torch.Generator().manual_seed(0))[:2000]]
 token_token = (unit(sample, dim=-1) @ unit(embeddings, dim=-1).T).topk(2, dim=-1).values[:, 1]
 print(
-    f"RMS: token embeddings median {rms(embeddings).median():.3f}, audio vectors median {rms(audio).median():.3f}"
+    f"token embeddings: median RMS {rms(embeddings).median():.3f}, cosine to their nearest other token {token_token.mean():.3f}"
 )
-print(
-    f"cosine to nearest token: audio vectors {best.mean():.3f} (mean), tokens to their nearest other token "
-    f"{token_token.mean():.3f}"
-)
-print(
-    "nearest token of the first 12 audio positions:",
-    [processor.tokenizer.decode([i]) for i in nearest[:12].tolist()],
-)
+for name, audio in projected.items():
+    best, nearest = (unit(audio, dim=-1) @ unit(embeddings, dim=-1).T).max(dim=-1)  # (positions,)
+    print(
+        f"\n{name}: median RMS {rms(audio).median():.3f}, cosine to the nearest token {best.mean():.3f} (mean)"
+    )
+    print(
+        "  nearest token of the first 12 positions:",
+        [processor.tokenizer.decode([i]) for i in nearest[:12].tolist()],
+    )
 
 # %%
-both = torch.cat([sample, audio]).numpy()
+both = torch.cat([sample, *projected.values()]).numpy()
 centred = both - both.mean(axis=0)
 _, _, components = np.linalg.svd(centred, full_matrices=False)
 xy = centred @ components[:2].T
 fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2), layout="constrained")
 left.scatter(*xy[: len(sample)].T, s=3, alpha=0.4, label="2000 token embeddings")
-left.scatter(*xy[len(sample) :].T, s=14, color="tab:red", label=f"{len(audio)} audio vectors")
+start = len(sample)
+for (name, audio), colour in zip(projected.items(), ["tab:gray", "tab:red"], strict=False):
+    left.scatter(*xy[start : start + len(audio)].T, s=14, color=colour, label=f"{len(audio)} vectors, {name}")
+    start += len(audio)
 left.set(
     xlabel="principal component 1",
     ylabel="principal component 2",
     title="Token embeddings vs audio vectors (PCA)",
 )
-left.legend()
+left.legend(fontsize=8)
 right.hist(rms(embeddings).numpy(), bins=80, color="tab:blue", alpha=0.7, label="49 152 token embeddings")
-for value in rms(audio).numpy():
-    right.axvline(value, color="tab:red", alpha=0.3, linewidth=1)
-right.axvline(rms(audio)[0].item(), color="tab:red", linewidth=1, label=f"{len(audio)} audio vectors")
+for (name, audio), colour in zip(projected.items(), ["tab:gray", "tab:red"], strict=False):
+    for value in rms(audio).tolist():  # one line per audio vector
+        right.axvline(value, color=colour, alpha=0.3, linewidth=1)
+    right.axvline(rms(audio)[0].item(), color=colour, linewidth=1, label=f"{len(audio)} vectors, {name}")
 right.set(xlabel="RMS of the vector", ylabel="number of token embeddings", title="Scale of the LLM's inputs")
-right.legend()
+right.legend(fontsize=8)
+save_figure(fig, "02_modality_gap")
 plt.show()
 
 # %% [markdown]
-# With an untrained projector the audio vectors have the right *scale* (the LayerNorm sees to that)
-# but point in directions no token uses, and the LLM answers with something generic ("The audio
-# is ..."). Training (Class 5) moves them to where the LLM can read them; they never need to coincide
-# with word embeddings, only to be *useful* to the frozen layers.
+# Before training, the audio vectors have the right *scale* (the projector's LayerNorm gain starts at
+# the embeddings' median RMS, so every vector has exactly that RMS) but point in directions no token
+# uses: the LLM answers with something generic ("The audio is ..."). Training does **not** close the
+# gap by turning them into word embeddings: the shipped projector's vectors have about twice the
+# tokens' RMS, are hardly closer to their nearest token in cosine, and in the PCA picture they move
+# *away* from the token cloud, spread out along a direction the tokens do not use. What training
+# finds is vectors the frozen layers can *use*: Class 4 shows the transcript tokens attending to
+# them, and the appendix reads words off them with the CTC head.
 #
 # ## 5. Where the decoder listens
 #

@@ -21,9 +21,7 @@
 
 # %%
 # %matplotlib inline
-import json
 import math
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -31,9 +29,9 @@ import torch
 from torch import nn
 
 from asr import ASRConfig, ASRModel
-from asr.audio import SAMPLE_RATE, load_audio
+from asr.audio import SAMPLE_RATE
 from asr.lengths import encoder_frames
-from asr.synth import synthesize
+from course import example_clip, save_figure
 
 torch.set_num_threads(1)
 torch.manual_seed(0)
@@ -46,14 +44,7 @@ print(
     f"mel bins={cfg.num_mel_bins}, positions={cfg.max_source_positions}"
 )
 
-DATA = Path.cwd().resolve().parent.parent / "shared" / "data"
-MANIFEST = DATA / "speechocean762.dev.jsonl"
-if MANIFEST.is_file():
-    row = json.loads(MANIFEST.read_text().splitlines()[0])
-    clip, text = load_audio(DATA / row["audio"]), row["text"]
-else:
-    text = "mark is going to see elephant"
-    clip = synthesize(text)
+clip, text, _ = example_clip(0)
 features = model.processor.features([clip])  # the processor makes the tensors the model reads
 n_mel = int(features["mel_lengths"][0])
 mel = features["input_features"][..., :n_mel]  # (1, 80, T): the audio frames only
@@ -126,6 +117,7 @@ left.set(
 image = right.imshow(similarity, cmap="viridis", origin="lower")
 fig.colorbar(image, ax=right, label="dot product / 384")
 right.set(xlabel="position j", ylabel="position i", title="Similarity of positions: depends on |i - j| only")
+save_figure(fig, "03_positions")
 plt.show()
 
 # %% [markdown]
@@ -214,6 +206,7 @@ left.set(
 left.legend(fontsize=7)
 right.set(xlabel="time (s)", ylabel="cosine similarity", title="Padded vs variable path, audio frames only")
 right.legend(fontsize=7)
+save_figure(fig, "03_padded_vs_variable")
 plt.show()
 last = full[-1][0].pow(2).mean(-1).sqrt()
 massive = (last > 10 * last.median()).nonzero().squeeze(-1).tolist()
@@ -261,6 +254,7 @@ for i, (ax, att) in enumerate(zip(axes, attentions, strict=False)):
     ax.set(xlabel="key frame (20 ms)", ylabel="query frame (20 ms)", title=f"layer {i} (sqrt scale)")
 axes[-1].bar(range(len(padding_share)), padding_share)
 axes[-1].set(xlabel="layer", ylabel="share of attention", ylim=(0, 1), title="Audio -> padding")
+save_figure(fig, "03_attention_maps")
 plt.show()
 print(
     "share of the audio frames' attention that goes to padding, per layer:",

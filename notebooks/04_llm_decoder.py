@@ -17,8 +17,8 @@
 # 3 key/value heads, a 49 152-token vocabulary. It never learned to hear; it reads the projected audio
 # as if it were 10 "words" per second in its prompt. In this notebook we look at it as a language
 # model first, then at the prompt with the audio prefix, at its attention, at the KV cache that makes
-# generation cheap, and at greedy vs beam search. We finish with the alternatives: shallow fusion and
-# CTC.
+# generation cheap, and at greedy vs beam search. The alternatives (shallow fusion, CTC) are in the
+# appendix, `notebooks/appendix_fusion_ctc.py`.
 #
 # Two objects share the work, as in transformers' audio LLMs (Qwen2-Audio, Voxtral): the **processor**
 # (`model.processor`: Whisper's feature extractor, the LLM's tokenizer, the prompt builder) turns
@@ -27,18 +27,14 @@
 
 # %%
 # %matplotlib inline
-import json
-import math
 import time
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import torch
 
-from asr.audio import load_audio
 from asr.inference import default_model, load_model
-from asr.synth import synthesize
 from asr.trace import decoder_attentions
+from course import example_clip, save_figure
 
 DEFAULT_MODEL = default_model(two_pass=False)  # checkpoints/offline of this repository
 
@@ -50,14 +46,7 @@ processor = model.processor
 decoder, tokenizer = model.decoder, processor.tokenizer
 print(f"model: {'trained checkpoint' if trained else 'UNTRAINED projector: transcripts will be nonsense'}")
 
-DATA = Path.cwd().resolve().parent.parent / "shared" / "data"
-MANIFEST = DATA / "speechocean762.dev.jsonl"
-if MANIFEST.is_file():
-    row = json.loads(MANIFEST.read_text().splitlines()[1])
-    clip, reference = load_audio(DATA / row["audio"]), row["text"]
-else:
-    reference = "kate loves china"
-    clip = synthesize(reference)
+clip, reference, _ = example_clip(1)
 features = processor.features([clip])  # {input_features (1, 80, T), mel_lengths (1,)}
 print(f"clip: {len(clip) / 16000:.2f} s, reference {reference!r}")
 
@@ -175,6 +164,7 @@ fig.colorbar(image, ax=right, label="sqrt(attention weight)")
 right.set(
     xlabel="key position", ylabel="query position", title="Layer 15, mean over heads (causal: lower triangle)"
 )
+save_figure(fig, "04_attention_to_audio")
 plt.show()
 
 # %% [markdown]
@@ -274,57 +264,6 @@ for beams in (1, 4):
 print(f"reference          {reference!r}")
 
 # %% [markdown]
-# ## 7. Deep fusion, shallow fusion, and CTC
-#
-# * **Deep fusion** (this project): audio vectors enter the LLM's input; every layer can combine them
-#   with the text context. Needs a trained projector; the LLM can be frozen.
-# * **Shallow fusion**: an acoustic model (e.g. Whisper's own decoder or CTC) proposes tokens, and its
-#   log-probabilities are combined at each step or over n-best lists with an external LM:
-#   `score = log p_AM(y | audio) + λ · log p_LM(y) + β · |y|`. The models stay separate; λ is tuned on
-#   a dev set. Below, two hypotheses with made-up acoustic scores are rescored with SmolLM2.
-
-# %%
-hypotheses = {"It is easy to wreck a nice beach.": -4.1, "It is easy to recognize speech.": -4.6}
-lm = {h: log_prob(h) for h in hypotheses}
-for lam in (0.0, 0.1, 0.3):
-    scores = {h: am + lam * lm[h] for h, am in hypotheses.items()}
-    best = max(scores, key=scores.get)
-    print(f"lambda={lam:.1f}: " + ", ".join(f"{s:7.2f}" for s in scores.values()) + f"  -> {best!r}")
-
-# %% [markdown]
-# * **CTC** (Connectionist Temporal Classification) is the encoder-only alternative: a linear layer on
-#   each encoder frame predicts a character or a *blank*; the transcript is read by merging repeats and
-#   removing blanks. No decoder, no autoregression: fast and monotonic, but each frame decides alone
-#   (no language model unless fused). The CTC loss sums over every alignment that collapses to the
-#   transcript:
-
-# %%
-alphabet = ["_", "a", "c", "e", "g", "k", "t"]  # "_" is the blank
-frames_path = "kk_aa__tt_ee_"
-collapsed = "".join(
-    ch for i, ch in enumerate(frames_path) if ch != "_" and (i == 0 or ch != frames_path[i - 1])
-)
-print(f"frame-wise argmax {frames_path!r} -> {collapsed!r}")
-
-target = torch.tensor([[alphabet.index(ch) for ch in "kate"]])
-logits = torch.randn(len(frames_path), 1, len(alphabet), generator=torch.Generator().manual_seed(0))
-for i, ch in enumerate(frames_path):
-    logits[i, 0, alphabet.index(ch)] += 4.0  # an "acoustic model" that favours the path above
-log_probs = logits.log_softmax(-1)
-loss = torch.nn.functional.ctc_loss(
-    log_probs, target, torch.tensor([len(frames_path)]), torch.tensor([4]), reduction="sum"
-)
-best_path = float(sum(log_probs[i, 0, alphabet.index(ch)] for i, ch in enumerate(frames_path)))
-print(f"-log p('kate') over all alignments = {float(loss):.3f}; the best single path alone: {-best_path:.3f}")
-print(
-    f"alignments of 4 labels in 13 frames contribute: p_all / p_best = {math.exp(-float(loss) - best_path):.2f}"
-)
-print(
-    f"at 50 encoder frames per second there is ample room: {int(lengths[0])} frames for "
-    f"{len(reference)} characters"
-)
-
-# %% [markdown]
 # ## Exercises (about 40 minutes)
 #
 # Solutions: `notebooks/solutions/04_llm_decoder.py` (try first).
@@ -345,6 +284,6 @@ print(
 # 4. Put a context (`processor(audio=[clip], context="Kate, China")`, or
 #    `processor.prompt_builder.build(n_audio, transcript=..., context=...)` for section 4) and compare
 #    the attention audio share by layer with and without it.
-# 5. Shallow fusion: find λ where the decision flips in section 7. What does β (a length bonus) do?
-# 6. CTC: change `frames_path` to `"kkaaatteee____"`. What does greedy collapsing give? Why does CTC
-#    need the blank to spell "letter"?
+#
+# Fusion (shallow and deep) and CTC, including the CTC head of the shipped model, are in the appendix:
+# `notebooks/appendix_fusion_ctc.py`.

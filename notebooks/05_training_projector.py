@@ -39,6 +39,7 @@ from torch.nn.utils.rnn import pad_sequence
 from asr import ASRConfig, ASRModel
 from asr.prompt import IGNORE_INDEX
 from asr.synth import synthesize
+from course import save_figure
 
 torch.set_num_threads(1)
 torch.manual_seed(0)
@@ -168,6 +169,7 @@ left.set(xlabel="step", ylabel="cross-entropy (nats per token)", title="Training
 left.legend()
 right.plot(steps, norms, "o-", markersize=3)
 right.set(xlabel="step", ylabel="gradient norm", title="Gradient norm of the projector")
+save_figure(fig, "05_training_loss")
 plt.show()
 
 # %% [markdown]
@@ -201,6 +203,7 @@ ax.bar(x + 0.2, per_token_after.numpy(), width=0.4, label="after 20 steps")
 ax.set_xticks(x, [repr(n) for n in names])
 ax.set(xlabel="target token", ylabel="cross-entropy (nats)", title=f"Per-token loss for {train_texts[1]!r}")
 ax.legend()
+save_figure(fig, "05_per_token_loss")
 plt.show()
 
 # %% [markdown]

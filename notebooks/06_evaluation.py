@@ -26,7 +26,6 @@
 # %matplotlib inline
 import time
 from collections import Counter
-from pathlib import Path
 
 import jiwer
 import matplotlib.pyplot as plt
@@ -37,16 +36,15 @@ from asr.audio import load_audio
 from asr.evaluate import corpus_wer, normalize, read_manifest, word_counts
 from asr.inference import FasterWhisperBackend, ModelBackend, default_model, load_model
 from asr.synth import sentences, synthesize
+from course import DEV, have_data, save_figure
 
 DEFAULT_MODEL = default_model(two_pass=False)  # checkpoints/offline of this repository
 
 torch.set_num_threads(1)
 torch.manual_seed(0)
 
-DATA = Path.cwd().resolve().parent.parent / "shared" / "data"
-MANIFEST = DATA / "speechocean762.dev.jsonl"
-if MANIFEST.is_file():
-    rows = read_manifest(MANIFEST)[::155][:8]  # 8 clips spread over the speakers
+if have_data():
+    rows = read_manifest(DEV)[::155][:8]  # 8 clips spread over the speakers
     clips = [load_audio(r["audio"]) for r in rows]
     references = [r["text"] for r in rows]
     origin = "speechocean762 dev (real, non-native read speech)"
@@ -197,6 +195,7 @@ right.set(
     xlabel="clip duration (s)", ylabel="utterance WER (capped at 3)", title="Per-utterance WER vs duration"
 )
 right.legend()
+save_figure(fig, "06_error_breakdown")
 plt.show()
 
 # %%
@@ -226,7 +225,8 @@ print(
 
 # %%
 rng = np.random.default_rng(0)
-for name in systems:
+fig, ax = plt.subplots(figsize=(7, 3.2), layout="constrained")
+for name, color in zip(systems, ["tab:blue", "tab:red"], strict=True):
     counts = [
         word_counts(normalize(r), normalize(h)) for r, h in zip(references, hypotheses[name], strict=True)
     ]
@@ -239,6 +239,17 @@ for name in systems:
     print(
         f"{name:36s} WER {100 * errs.sum() / words.sum():6.1f} %, 95 % bootstrap interval [{100 * low:.1f}, {100 * high:.1f}] %"
     )
+    ax.hist(100 * np.array(samples), bins=40, color=color, alpha=0.5, label=name[:20])
+    for bound in (low, high):
+        ax.axvline(100 * bound, color=color, linestyle="--", linewidth=1)
+ax.set(
+    xlabel="corpus WER (%)",
+    ylabel="bootstrap samples (of 1000)",
+    title=f"Bootstrap WER on {len(references)} clips (dashed: 95 % interval)",
+)
+ax.legend()
+save_figure(fig, "06_bootstrap")
+plt.show()
 
 # %% [markdown]
 # ## Exercises (about 40 minutes)

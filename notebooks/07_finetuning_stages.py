@@ -49,11 +49,11 @@ from asr.lengths import encoder_frames
 from asr.prompt import IGNORE_INDEX
 from asr.synth import synthesize
 from asr.training.config import register_configs
+from course import DATA, save_figure
 
 torch.set_num_threads(1)
 torch.manual_seed(0)
 REPO = Path.cwd().resolve().parent
-DATA = REPO.parent / "shared" / "data"
 
 # %% [markdown]
 # ## 1. The stage presets
@@ -153,6 +153,7 @@ if (DATA / "README.md").is_file():
         ax.hist(durations, bins=np.linspace(0, 12, 49), alpha=0.6, label=name)
     ax.set(xlabel="clip duration (s)", ylabel="number of clips", title="Durations of the stage-2 corpora")
     ax.legend()
+    save_figure(fig, "07_corpus_durations")
     plt.show()
     own_words = {w for t in texts for w in t.split()}
     seen = set().union(*(w for _, _, w, _ in stats.values()))
@@ -259,6 +260,12 @@ n_words = sum(len(normalize(t).split()) for t, _ in cases)
 print(
     f"\nWER without context {100 * totals[0] / n_words:.1f} %, with context {100 * totals[1] / n_words:.1f} %"
 )
+fig, ax = plt.subplots(figsize=(4.5, 3), layout="constrained")
+bars = ax.bar(["no context", "names as context"], 100 * totals / n_words, color=["tab:gray", "tab:green"])
+ax.bar_label(bars, fmt="%.1f %%")
+ax.set(ylabel="WER (%)", title=f"Whisper tiny.en, {len(cases)} sentences with rare names")
+save_figure(fig, "07_context_wer")
+plt.show()
 
 # %% [markdown]
 # Contexts help when the audio is ambiguous and the right spelling is in the list; they can also hurt:

@@ -22,8 +22,6 @@
 # %%
 # %matplotlib inline
 import inspect
-import json
-from pathlib import Path
 
 import librosa
 import matplotlib.pyplot as plt
@@ -33,23 +31,17 @@ from scipy.signal import find_peaks
 from transformers import WhisperFeatureExtractor
 
 from asr import PACKAGED_WHISPER
-from asr.audio import HOP_LENGTH, SAMPLE_RATE, load_audio, to_mono_16k
+from asr.audio import HOP_LENGTH, SAMPLE_RATE, to_mono_16k
 from asr.encoder import AudioEncoder
 from asr.lengths import audio_positions, encoder_frames, mel_frames
 from asr.sources import load_whisper
 from asr.synth import synthesize
+from course import example_clip, have_data, save_figure
 
 torch.set_num_threads(1)
 
-DATA = Path.cwd().resolve().parent.parent / "shared" / "data"
-MANIFEST = DATA / "speechocean762.dev.jsonl"
-real = MANIFEST.is_file()
-if real:
-    row = json.loads(MANIFEST.read_text().splitlines()[0])
-    clip, text, origin = load_audio(DATA / row["audio"]), row["text"], "speechocean762 dev (real speech)"
-else:
-    text = "mark is going to see elephant"
-    clip, origin = synthesize(text), "espeak-ng (synthetic: ../shared/data is absent)"
+real = have_data()
+clip, text, origin = example_clip(0)
 print(f"clip from {origin}: {text!r}, {len(clip)} samples = {len(clip) / SAMPLE_RATE:.2f} s")
 
 fe = WhisperFeatureExtractor(feature_size=80)  # the settings of the packaged tiny.en extractor
@@ -145,6 +137,7 @@ for ax, (name, spec) in zip(axes, spectra.items(), strict=True):
     ax.set(xlabel="time (s)", title=f"Chirp 100 Hz -> 12 kHz, {name}")
     ax.legend(loc="upper left", fontsize=8)
 axes[0].set_ylabel("frequency (Hz)")
+save_figure(fig, "01_aliasing")
 plt.show()
 
 # %% [markdown]

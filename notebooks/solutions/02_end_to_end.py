@@ -23,7 +23,6 @@
 # %%
 # %matplotlib inline
 import importlib.util
-import json
 import tempfile
 from pathlib import Path
 
@@ -34,12 +33,13 @@ import torch
 from IPython.display import Image, display
 
 from asr import ASRConfig, ASRModel
-from asr.audio import SAMPLE_RATE, load_audio
+from asr.audio import SAMPLE_RATE
 from asr.inference import default_model, load_model
 from asr.projector import build_projector
 from asr.prompt import IGNORE_INDEX
 from asr.synth import synthesize
 from asr.trace import decoder_attentions, trace
+from course import example_clip
 
 DEFAULT_MODEL = default_model(two_pass=False)  # checkpoints/offline of this repository
 
@@ -53,14 +53,7 @@ print(
     f"model: {'trained checkpoint ' + str(DEFAULT_MODEL) if trained else 'UNTRAINED projector (no checkpoint yet)'}"
 )
 
-DATA = Path.cwd().resolve().parent.parent / "shared" / "data"
-MANIFEST = DATA / "speechocean762.dev.jsonl"
-if MANIFEST.is_file():
-    row = json.loads(MANIFEST.read_text().splitlines()[0])
-    clip, reference = load_audio(DATA / row["audio"]), row["text"]
-else:
-    reference = "mark is going to see elephant"
-    clip = synthesize(reference)
+clip, reference, _ = example_clip(0)
 print(f"reference transcript: {reference!r}")
 
 workdir = tempfile.TemporaryDirectory(prefix="asr-class2-")  # removed by the last cell

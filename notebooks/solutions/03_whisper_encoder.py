@@ -24,20 +24,18 @@
 # %%
 # %matplotlib inline
 import copy
-import json
 import math
 import time
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import torch
 from torch import nn
 
 from asr import ASRConfig, ASRModel
-from asr.audio import SAMPLE_RATE, load_audio
+from asr.audio import SAMPLE_RATE
 from asr.encoder import AudioEncoder
 from asr.lengths import encoder_frames, mel_frames
-from asr.synth import synthesize
+from course import example_clip
 
 torch.set_num_threads(1)
 torch.manual_seed(0)
@@ -45,14 +43,7 @@ model = ASRModel.from_sources(ASRConfig()).eval()
 whisper = model.encoder.whisper  # transformers' WhisperEncoder
 cfg = whisper.config
 
-DATA = Path.cwd().resolve().parent.parent / "shared" / "data"
-MANIFEST = DATA / "speechocean762.dev.jsonl"
-if MANIFEST.is_file():
-    row = json.loads(MANIFEST.read_text().splitlines()[0])
-    clip, text = load_audio(DATA / row["audio"]), row["text"]
-else:
-    text = "mark is going to see elephant"
-    clip = synthesize(text)
+clip, text, _ = example_clip(0)
 features = model.processor.features([clip])  # the processor makes the tensors the model reads
 n_mel = int(features["mel_lengths"][0])
 mel = features["input_features"][..., :n_mel]  # (1, 80, T): the audio frames only

@@ -27,7 +27,6 @@
 # %matplotlib inline
 import json
 import time
-from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
@@ -40,6 +39,7 @@ from asr.audio import load_audio
 from asr.lengths import audio_positions
 from asr.prompt import IGNORE_INDEX
 from asr.synth import DEFAULT_VOICES, sentences, synthesize
+from course import DATA
 
 torch.set_num_threads(1)
 torch.manual_seed(0)
@@ -400,7 +400,6 @@ del model10
 # `STEPS` steps in batches of 2 (2.5 passes) and transcribe the first four.
 
 # %%
-DATA = Path.cwd().resolve().parent.parent / "shared" / "data"
 AN4 = DATA / "an4.train.jsonl"
 if AN4.is_file():
     rows = [json.loads(line) for line in AN4.read_text().splitlines()]

@@ -52,17 +52,16 @@ from asr.synth import sentences, synthesize
 
 if Path.cwd().name == "solutions":  # the class notebooks' working directory: notebooks/
     os.chdir(Path.cwd().parent)
+from course import DEV, have_data  # after the chdir: course.py lives in notebooks/
 
 torch.set_num_threads(1)
 torch.manual_seed(0)
 N_CLIPS = 24
 DEFAULT_MODEL = default_model(two_pass=False)  # checkpoints/offline: the course's one-pass model
 
-DATA = Path.cwd().resolve().parent.parent / "shared" / "data"
-MANIFEST = DATA / "speechocean762.dev.jsonl"
-REAL = MANIFEST.is_file()
+REAL = have_data()
 if REAL:
-    rows = read_manifest(MANIFEST)[::52][:N_CLIPS]  # spread over the 62 dev speakers
+    rows = read_manifest(DEV)[::52][:N_CLIPS]  # spread over the 62 dev speakers
     origin = "speechocean762 dev (real, non-native read speech)"
 else:
     voices = ["en-us", "en-us+f2", "en-gb-x-rp", "en-us+m3"]

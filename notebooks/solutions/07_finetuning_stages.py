@@ -47,7 +47,6 @@ if Path.cwd().name == "solutions":  # the class notebooks' working directory: no
 torch.set_num_threads(1)
 torch.manual_seed(0)
 REPO = Path.cwd().resolve().parent
-DATA = REPO.parent / "shared" / "data"
 CHECKPOINT = default_model(two_pass=False)  # checkpoints/offline: projector + LoRA, one pass
 TRAINED = (CHECKPOINT / "config.json").is_file()
 WORK = Path(tempfile.mkdtemp(prefix="class7-solutions-"))  # everything written here goes here
