@@ -7,7 +7,7 @@ export POETRY_PYPI_MIRROR_URL ?= $(shell $(PYTHON) -m pip config get global.inde
 export OMP_NUM_THREADS ?= 2
 ARGS ?=
 
-.PHONY: install install-extras train test test-fast lint notebooks bench demo clean
+.PHONY: install install-extras train test test-fast lint notebooks course bench demo clean
 
 $(POETRY):
 	$(PYTHON) -m venv .tools
@@ -38,6 +38,11 @@ test-fast: install
 
 notebooks: install
 	$(POETRY) run pytest -q -m notebook tests/test_notebooks.py
+
+# the course as HTML with every notebook's outputs (course/index.html), and the lecture figures
+# (curriculum/figures) redrawn by the notebooks: ~15 min on 2 cores
+course: install
+	$(POETRY) run python notebooks/render.py
 
 bench: install
 	$(POETRY) run python benchmarks/train_throughput.py

@@ -11,30 +11,19 @@ import time
 from pathlib import Path
 
 import jupytext
-import nbformat
 import pytest
-from nbclient import NotebookClient
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
-NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.py"))
-SOLUTIONS = sorted((NOTEBOOK_DIR / "solutions").glob("[0-9][0-9]_*.py"))
-CELL_TIMEOUT_S = 300
+sys.path.insert(0, str(NOTEBOOK_DIR))
+from render import execute, notebooks  # noqa: E402  (notebooks/render.py: `make course` runs it too)
 
-
-def execute(notebook: nbformat.NotebookNode, cwd: Path) -> nbformat.NotebookNode:
-    # kernel "python3" is ipykernel's own spec, whose argv[0] "python" jupyter_client replaces by
-    # sys.executable: the kernel runs in this interpreter's environment (.venv)
-    client = NotebookClient(
-        notebook,
-        timeout=CELL_TIMEOUT_S,
-        kernel_name="python3",
-        resources={"metadata": {"path": str(cwd)}},
-    )
-    return client.execute()
+CLASSES = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.py"))
+NOTEBOOKS = [p for p in notebooks() if p.parent == NOTEBOOK_DIR]
+SOLUTIONS = [p for p in notebooks() if p.parent != NOTEBOOK_DIR]
 
 
 def test_course_has_seven_notebooks() -> None:
-    assert [p.name[:2] for p in NOTEBOOKS] == [f"{i:02d}" for i in range(1, 8)]
+    assert [p.name[:2] for p in CLASSES] == [f"{i:02d}" for i in range(1, 8)]
 
 
 @pytest.mark.notebook
@@ -48,8 +37,9 @@ def test_kernel_is_this_interpreter(tmp_path: Path) -> None:
     assert Path(cwd).resolve() == tmp_path.resolve()
 
 
-def test_every_class_has_solutions() -> None:
-    assert [p.name for p in SOLUTIONS] == [p.name for p in NOTEBOOKS]
+def test_every_notebook_has_solutions() -> None:
+    assert NOTEBOOKS[-1].name.startswith("appendix_")
+    assert all(p.is_file() for p in SOLUTIONS), [p.name for p in SOLUTIONS if not p.is_file()]
 
 
 @pytest.mark.notebook
@@ -84,3 +74,26 @@ def test_students_trace_data_script(tmp_path: Path) -> None:
     for name in ("encoder_output.png", "projector_output.png"):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG", name
     assert "384" in out.stdout and "576" in out.stdout
+
+
+def test_lectures_render_to_html_with_working_links_and_figures(tmp_path: Path) -> None:
+    """`make course` without the notebooks: every lecture becomes a page whose links to other pages
+    and whose figures (committed in curriculum/figures) all resolve."""
+    import re
+
+    import render
+
+    assert render.render(tmp_path, render.CURRICULUM / "figures", only=["-"]) == []
+    pages = sorted(tmp_path.glob("*.html"))
+    assert {p.stem for p in pages} == {"index"} | {
+        p.stem for p in render.CURRICULUM.glob("*.md") if p.stem != "README"
+    }
+    for page in pages:
+        html = page.read_text()
+        links = [h for h in re.findall(r'href="([^"#:]+)"', html) if not h.startswith("http")]
+        images = re.findall(r'<img[^>]*src="([^"]+)"', html)
+        assert all((tmp_path / h).is_file() or (tmp_path / h / "index.html").is_file() for h in links), (
+            page.name,
+            links,
+        )
+        assert all((tmp_path / s).is_file() for s in images), (page.name, images)
