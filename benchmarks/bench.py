@@ -284,37 +284,52 @@ def _startup(model: str, base: dict[str, Any], timeout: float) -> dict[str, floa
         Path(spec_file).unlink()
 
 
+def _table(header: list[str], results: list[dict[str, Any]], cells) -> list[str]:
+    """A markdown table: one row per result (``cells(result)``), a failed run as its error."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in results:
+        row = [r["spec_model"], f"failed: {r['error']}"] if "error" in r else cells(r)
+        lines.append("| " + " | ".join(row + [""] * (len(header) - len(row))) + " |")
+    return lines
+
+
 def format_tables(report: dict[str, Any]) -> str:
     lines = [
         f"{report['clips']} clips, {report['audio_seconds']:.1f} s of audio, {report['threads']} thread(s), "
         f"{report['machine']['processor']}",
         "",
-        "| system | batch | compute | RTF | seconds | peak RSS MiB | load s | WER |",
-        "|---|---|---|---|---|---|---|---|",
     ]
-    for r in report["runs"]:
-        if "error" in r:
-            lines.append(f"| {r['spec_model']} | | | failed: {r['error']} | | | | |")
-            continue
-        lines.append(
-            f"| {r['system']} | {r['batch_size']} | {r['compute_type']} | {r['rtf']:.3f} | {r['seconds']:.2f} "
-            f"| {r['peak_rss_mb']:.0f} | {r['load_seconds']:.1f} | {100 * r['wer']:.1f}% |"
-        )
+    lines += _table(
+        ["system", "batch", "compute", "RTF", "seconds", "peak RSS MiB", "load s", "WER"],
+        report["runs"],
+        lambda r: [
+            r["system"],
+            str(r["batch_size"]),
+            r["compute_type"],
+            f"{r['rtf']:.3f}",
+            f"{r['seconds']:.2f}",
+            f"{r['peak_rss_mb']:.0f}",
+            f"{r['load_seconds']:.1f}",
+            f"{100 * r['wer']:.1f}%",
+        ],
+    )
     if report.get("longform"):
         lines += [
             "",
             f"Long-form: one file of {report['longform_seconds']:.0f} s ({report['longform_manifest']}):",
-            "| system | batch | RTF | seconds | peak RSS MiB | WER |",
-            "|---|---|---|---|---|---|",
         ]
-        for r in report["longform"]:
-            if "error" in r:
-                lines.append(f"| {r['spec_model']} | | failed: {r['error']} | | | |")
-                continue
-            lines.append(
-                f"| {r['system']} | {r['batch_size']} | {r['rtf']:.3f} | {r['seconds']:.1f} "
-                f"| {r['peak_rss_mb']:.0f} | {100 * r['wer']:.1f}% |"
-            )
+        lines += _table(
+            ["system", "batch", "RTF", "seconds", "peak RSS MiB", "WER"],
+            report["longform"],
+            lambda r: [
+                r["system"],
+                str(r["batch_size"]),
+                f"{r['rtf']:.3f}",
+                f"{r['seconds']:.1f}",
+                f"{r['peak_rss_mb']:.0f}",
+                f"{100 * r['wer']:.1f}%",
+            ],
+        )
     if report.get("startup"):
         lines += ["", "| startup (spawn -> first transcript) | seconds |", "|---|---|"]
         lines += [f"| {name} | {sec:.1f} |" for name, sec in report["startup"].items()]
