@@ -533,16 +533,7 @@ class ASRModel(PreTrainedModel):
         """The next-token loss with the two shortcuts of :meth:`forward`."""
         body = self.decoder.get_decoder()
         head = shared_prefix_length(input_ids, attention_mask, audio_mask) if len(input_ids) > 1 else 0
-        past = None
-        if head:
-            past = DynamicCache(config=self.decoder.config)
-            body(
-                inputs_embeds=embeds[:1, :head],
-                attention_mask=attention_mask[:1, :head],
-                past_key_values=past,
-                use_cache=True,
-            )
-            past.batch_repeat_interleave(len(input_ids))
+        past = self._head_cache(embeds, attention_mask, head) if head else None
         hidden = body(
             inputs_embeds=embeds[:, head:],
             attention_mask=attention_mask,
@@ -654,15 +645,20 @@ class ASRModel(PreTrainedModel):
             return embeds, attention_mask, None
         embeds = embeds.gather(1, order[..., None].expand(-1, -1, embeds.shape[-1]))
         attention_mask = attention_mask.gather(1, order)
+        return embeds, attention_mask, self._head_cache(embeds, attention_mask, head)
+
+    def _head_cache(self, embeds: torch.Tensor, attention_mask: torch.Tensor, head: int) -> DynamicCache:
+        """Keys/values of the first ``head`` positions, the same in every row: computed for row 0
+        by the LLM body (no LM head), then repeated for the batch."""
         cache = DynamicCache(config=self.decoder.config)
-        self.decoder(
+        self.decoder.get_decoder()(
             inputs_embeds=embeds[:1, :head],
             attention_mask=attention_mask[:1, :head],
             past_key_values=cache,
             use_cache=True,
         )
-        cache.batch_repeat_interleave(len(input_ids))
-        return embeds, attention_mask, cache
+        cache.batch_repeat_interleave(len(embeds))
+        return cache
 
     def run_first_pass(self, clips: list[np.ndarray]) -> list[list[str]] | None:
         """Two-pass mode: the encoder source's own Whisper decoder on each (checked, 16 kHz)
