@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -114,13 +116,25 @@ def test_store_ignores_a_line_cut_short(tmp_path) -> None:
     assert HypothesisStore(tmp_path, "k").get("c") == ["three"]
 
 
-def test_source_key_follows_the_file(tmp_path) -> None:
+def test_source_key_follows_the_content_not_the_path_or_time(tmp_path) -> None:
     path = tmp_path / "a.wav"
     path.write_bytes(b"x" * 10)
     key = source_key(str(path))
     assert source_key(path) == key
-    path.write_bytes(b"x" * 11)
+    copy = tmp_path / "moved" / "b.wav"  # a re-provisioned corpus: new place, new mtime
+    copy.parent.mkdir()
+    copy.write_bytes(path.read_bytes())
+    os.utime(copy, ns=(0, 0))
+    assert source_key(copy) == key
+    path.write_bytes(b"y" * 10)  # same size, new bytes
     assert source_key(str(path)) != key
+    big = tmp_path / "big.wav"  # large files: the two ends and the size
+    big.write_bytes(b"a" * (3 << 20))
+    big_key = source_key(big)
+    with big.open("r+b") as f:
+        f.seek((3 << 20) - 1)
+        f.write(b"b")
+    assert source_key(big) != big_key
     assert source_key(np.zeros(4)) == source_key(np.zeros(4)) != source_key(np.ones(4))
     assert first_pass_key("packaged:whisper-tiny.en", 1) != first_pass_key("packaged:whisper-tiny.en", 2)
 

@@ -1,8 +1,9 @@
 """On-disk stores of what frozen models compute once per clip: encoder frames
 (:class:`FeatureStore`) and first-pass hypotheses (:class:`HypothesisStore`).
 
-Rows are keyed by their source, cheaply and without decoding: a file by its resolved path, size
-and modification time (a changed file gets a new key), raw bytes or samples by their hash.
+Rows are keyed by their source, cheaply and without decoding: a file by its size and a hash of
+its bytes (the first and last MiB of a large file), raw bytes or samples by their hash. Not by path
+or modification time: a corpus that is copied, moved or re-provisioned keeps its stored frames.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 
 
 def source_key(audio: Any) -> str:
-    """Identity of a row's audio: ``path|size|mtime`` for a file, dataset/split/position for a
+    """Identity of a row's audio: size and content hash for a file, dataset/split/position for a
     hub row, a hash of bytes or samples."""
     h = hashlib.sha256()
     if hasattr(audio, "store_key"):  # a row of a streamed hub dataset (asr.data.HubClip)
@@ -28,8 +29,7 @@ def source_key(audio: Any) -> str:
     elif isinstance(audio, str | Path):
         path = Path(audio).resolve()
         try:
-            stat = path.stat()
-            h.update(f"file|{path}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+            h.update(b"file|" + _fingerprint(path))
         except OSError:  # missing: its decode fails and is recorded; a file that appears later is new
             h.update(f"missing|{path}".encode())
     elif isinstance(audio, bytes):
@@ -40,6 +40,20 @@ def source_key(audio: Any) -> str:
     else:
         h.update(b"array|16000|" + np.ascontiguousarray(audio, dtype=np.float32).tobytes())
     return h.hexdigest()[:32]
+
+
+def _fingerprint(path: Path, edge: int = 1 << 20) -> bytes:
+    """Size and the bytes of a file, or of its first and last ``edge`` bytes when it is larger
+    than two edges (an audio file edited in place keeps neither its size nor both ends)."""
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        if size <= 2 * edge:
+            body = f.read()
+        else:
+            body = f.read(edge)
+            f.seek(size - edge)
+            body += f.read(edge)
+    return f"{size}|".encode() + hashlib.sha256(body).digest()
 
 
 class HypothesisStore:
