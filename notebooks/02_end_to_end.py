@@ -35,7 +35,7 @@ from IPython.display import display
 from asr.inference import default_model, load_model
 from asr.projector import build_projector
 from asr.trace import trace
-from course import example_clip, save_figure
+from course import example_clip, lecture_says, save_figure
 
 DEFAULT_MODEL = default_model(two_pass=False)  # checkpoints/offline of this repository
 
@@ -203,6 +203,9 @@ token_token = (unit(sample, dim=-1) @ unit(embeddings, dim=-1).T).topk(2, dim=-1
 print(
     f"token embeddings: median RMS {rms(embeddings).median():.3f}, cosine to their nearest other token {token_token.mean():.3f}"
 )
+lecture_says(
+    f"(median {rms(embeddings).median():.3f})", f"(tokens have about {token_token.mean():.2f} with theirs)"
+)
 for name, audio in projected.items():
     best, nearest = (unit(audio, dim=-1) @ unit(embeddings, dim=-1).T).max(dim=-1)  # (positions,)
     print(
@@ -212,6 +215,13 @@ for name, audio in projected.items():
         "  nearest token of the first 12 positions:",
         [processor.tokenizer.decode([i]) for i in nearest[:12].tolist()],
     )
+    if name == "untrained projector":
+        lecture_says(
+            f"an RMS of exactly {rms(audio).median():.3f}",
+            f"a cosine similarity of about {best.mean():.2f} with their nearest token",
+        )
+    else:
+        lecture_says(f"(median {rms(audio).median():.2f}), a cosine of only about {best.mean():.2f}")
 
 # %%
 both = torch.cat([sample, *projected.values()]).numpy()

@@ -31,7 +31,7 @@ from torch import nn
 from asr import ASRConfig, ASRModel
 from asr.audio import SAMPLE_RATE
 from asr.lengths import encoder_frames
-from course import example_clip, save_figure
+from course import example_clip, lecture_says, save_figure
 
 torch.set_num_threads(1)
 torch.manual_seed(0)
@@ -216,6 +216,12 @@ print(
 )
 final = cosine(stock[0, :n_audio], variable[0])
 print(f"final output (after the last LayerNorm): mean cosine {final.mean():.3f}")
+near_end = [f for f in massive if f * 0.02 >= 28]  # the last 2 s of the window
+lecture_says(
+    f"{len(near_end)} frames near the end of the 30 s window",
+    f"up to {last.max() / last.median():.0f} times the median",
+    f"agree with a mean cosine of about {final.mean():.2f}",
+)
 
 # %% [markdown]
 # Three things to read off these curves:
@@ -259,6 +265,10 @@ plt.show()
 print(
     "share of the audio frames' attention that goes to padding, per layer:",
     np.round(padding_share, 3).tolist(),
+)
+most = int(np.argmax(padding_share))
+lecture_says(
+    f"spend {100 * padding_share[0]:.0f} % (layer 0) to {100 * padding_share[most]:.0f} % (layer {most})"
 )
 
 # %% [markdown]

@@ -39,7 +39,7 @@ from torch.nn.utils.rnn import pad_sequence
 from asr import ASRConfig, ASRModel
 from asr.prompt import IGNORE_INDEX
 from asr.synth import synthesize
-from course import save_figure
+from course import lecture_says, save_figure
 
 torch.set_num_threads(1)
 torch.manual_seed(0)
@@ -159,6 +159,9 @@ for step in range(20):
             f"step {step + 1:2d}  loss {loss:.3f}  grad norm {norms[-1]:.2f}  {time.perf_counter() - start:5.1f} s"
         )
 _ = model.eval()
+lecture_says(
+    f"The loss falls from about {losses[0]:.0f} to about {losses[-1]:.1f}", when=True
+)  # espeak-ng speech
 
 # %%
 steps = np.arange(1, len(losses) + 1)

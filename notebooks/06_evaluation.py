@@ -36,7 +36,7 @@ from asr.audio import load_audio
 from asr.evaluate import corpus_wer, normalize, read_manifest, word_counts
 from asr.inference import FasterWhisperBackend, ModelBackend, default_model, load_model
 from asr.synth import sentences, synthesize
-from course import DEV, have_data, save_figure
+from course import DEV, have_data, lecture_says, save_figure
 
 DEFAULT_MODEL = default_model(two_pass=False)  # checkpoints/offline of this repository
 
@@ -138,6 +138,8 @@ for name in systems:
     print(
         f"{name:36s} WER {100 * wer:6.1f} % (raw strings: {100 * raw:6.1f} %), {elapsed[name]:5.1f} s, RTF {rtf:.2f}"
     )
+    if name == whisper.name:
+        lecture_says(f"Whisper's raw WER is {100 * raw:.0f} %", f"and {100 * wer:.0f} % after normalisation")
 if not trained:
     print(
         "\nno trained checkpoint in checkpoints/offline: 'ours' is the untrained projector, so its WER is "
@@ -239,6 +241,8 @@ for name, color in zip(systems, ["tab:blue", "tab:red"], strict=True):
     print(
         f"{name:36s} WER {100 * errs.sum() / words.sum():6.1f} %, 95 % bootstrap interval [{100 * low:.1f}, {100 * high:.1f}] %"
     )
+    if name == whisper.name:
+        lecture_says(f"Whisper's WER spans about {100 * low:.0f}-{100 * high:.0f} %")
     ax.hist(100 * np.array(samples), bins=40, color=color, alpha=0.5, label=name[:20])
     for bound in (low, high):
         ax.axvline(100 * bound, color=color, linestyle="--", linewidth=1)

@@ -49,7 +49,7 @@ from asr.lengths import encoder_frames
 from asr.prompt import IGNORE_INDEX
 from asr.synth import synthesize
 from asr.training.config import register_configs
-from course import DATA, save_figure
+from course import DATA, lecture_says, save_figure
 
 torch.set_num_threads(1)
 torch.manual_seed(0)
@@ -144,10 +144,23 @@ if (DATA / "README.md").is_file():
         f"{'corpus':28s} {'clips':>6s} {'hours':>6s} {'speakers':>8s} {'mean s':>7s} {'words':>6s} {'share':>6s}"
     )
     for name, (rows_, durations, words, weight) in stats.items():
+        speakers = len({r["speaker"] for r in rows_})
         print(
-            f"{name:28s} {len(rows_):6d} {durations.sum() / 3600:6.2f} {len({r['speaker'] for r in rows_}):8d} "
+            f"{name:28s} {len(rows_):6d} {durations.sum() / 3600:6.2f} {speakers:8d} "
             f"{durations.mean():7.2f} {len(words):6d} {weight * len(rows_) / total_weight:6.1%}"
         )
+        corpus = name.split(".")[0]
+        if corpus == "speechocean762":
+            lecture_says(
+                f"speechocean762 ({len(rows_)} clips, {durations.sum() / 3600:.1f} h, {speakers} non-native "
+                f"speakers, {durations.mean():.1f} s on average, {len(words)} distinct words)"
+            )
+        elif corpus == "an4":
+            lecture_says(f"AN4 ({len(rows_)} clips, {durations.sum() / 3600:.1f} h,")
+        elif corpus.startswith("fsdd"):
+            lecture_says(
+                f"FSDD ({len(rows_)} isolated digits, {durations.sum() / 3600:.1f} h, {speakers} speakers)"
+            )
     fig, ax = plt.subplots(figsize=(10, 3.5), layout="constrained")
     for name, (_, durations, _, _) in stats.items():
         ax.hist(durations, bins=np.linspace(0, 12, 49), alpha=0.6, label=name)
@@ -260,6 +273,10 @@ n_words = sum(len(normalize(t).split()) for t, _ in cases)
 print(
     f"\nWER without context {100 * totals[0] / n_words:.1f} %, with context {100 * totals[1] / n_words:.1f} %"
 )
+lecture_says(
+    f"about {100 * totals[0] / n_words:.0f} % WER without context and about {100 * totals[1] / n_words:.0f} % with",
+    when=True,  # espeak-ng speech
+)
 fig, ax = plt.subplots(figsize=(4.5, 3), layout="constrained")
 bars = ax.bar(["no context", "names as context"], 100 * totals / n_words, color=["tab:gray", "tab:green"])
 ax.bar_label(bars, fmt="%.1f %%")
@@ -269,8 +286,8 @@ plt.show()
 
 # %% [markdown]
 # Contexts help when the audio is ambiguous and the right spelling is in the list; they can also hurt:
-# a decoder that trusts the prompt too much inserts its words where they were never said (look for
-# that above). Stage 3's distractors exist to teach the model the difference.
+# a decoder that trusts the prompt too much inserts its words where they were never said (exercise 4
+# looks for such a case). Stage 3's distractors exist to teach the model the difference.
 #
 # ## 5. The commands
 #

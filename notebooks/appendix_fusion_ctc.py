@@ -71,6 +71,20 @@ for lam in (0.0, 0.1, 0.3):
     print(f"lambda={lam:.1f}: " + ", ".join(f"{s:7.2f}" for s in scores.values()) + f"  -> {best!r}")
 
 # %% [markdown]
+# The same scores for every λ from 0 to 0.3: each hypothesis is a straight line (slope: its LM
+# log-probability); the decision is the upper line, and it changes where the lines cross.
+
+# %%
+lams = torch.linspace(0, 0.3, 61)
+fig, ax = plt.subplots(figsize=(7, 3.2), layout="constrained")
+for h, am in hypotheses.items():
+    ax.plot(lams, am + lams * lm[h], label=f"{h!r}: AM {am}, LM {lm[h]:.1f}")
+ax.set(xlabel="LM weight λ", ylabel="fused score", title="Shallow fusion: score of each hypothesis against λ")
+ax.legend(fontsize=8)
+save_figure(fig, "A_fusion_sweep")
+plt.show()
+
+# %% [markdown]
 # ## 2. CTC
 #
 # CTC (Connectionist Temporal Classification, Graves et al. 2006) needs no decoder: a linear layer on

@@ -5,6 +5,10 @@ figure for the lectures. Notebooks run with ``notebooks/`` as their working dire
 ``make course`` runs every notebook with ``$ASR_COURSE_FIGURES`` set: :func:`save_figure` then writes
 the lecture figures (``curriculum/figures``) from the notebooks' own plots, so a lecture's figure is
 always the one its notebook draws. Without the variable it does nothing but show the figure.
+
+:func:`lecture_says` prints, beside a number a notebook has just computed, the words in which its
+lecture quotes it; the notebook tests check that each such quote is in the lecture, so a lecture
+cannot drift from what its notebook measures.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ DATA = REPO.parent / "shared" / "data"  # ../shared/data: real speech, when this
 DEV = DATA / "speechocean762.dev.jsonl"
 FALLBACK = ("mark is going to see elephant", "kate loves china")  # espeak-ng renders these instead
 FIGURES_ENV = "ASR_COURSE_FIGURES"
+LECTURE_MARK = "the lecture says: "
 
 
 def have_data() -> bool:
@@ -51,3 +56,14 @@ def save_figure(fig, name: str) -> Path | None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     return path
+
+
+def lecture_says(*quotes: str, when: bool | None = None) -> None:
+    """Print each quote as ``the lecture says: <quote>``: the lecture's wording of a number this
+    notebook just computed (tests/test_notebooks.py finds every such line in the executed notebook
+    and checks that the class's lecture contains it). The lectures quote real speech and the
+    shipped checkpoint, so by default (``when=None``) nothing is printed without ``../shared/data``;
+    pass ``when`` to decide instead (True for synthetic speech, False without a trained model)."""
+    if have_data() if when is None else when:
+        for quote in quotes:
+            print(f"{LECTURE_MARK}{quote}")

@@ -87,3 +87,20 @@ def test_kv_cache_and_prompt_sizes(shipped: ASRModel) -> None:
         f"For a 3 s clip: {before} tokens before the audio, {n_audio} audio slots, {after} tokens after"
         in text
     )
+
+
+def test_class_6_hallucination_example_counts() -> None:
+    """The WER breakdown class 6 gives for its hallucination example is that of the two strings it quotes."""
+    import re
+
+    from asr.evaluate import normalize, word_counts
+
+    text = " ".join(lecture("06_evaluation.md").split())
+    reference = re.search(r'- reference: "([^"]+)"', text).group(1)
+    hypothesis = re.search(r'- ours: "([^"]+)"', text).group(1)
+    c = word_counts(normalize(reference), normalize(hypothesis))
+    assert (
+        f"{c.deletions} deletions and {c.substitutions} substitutions of {c.reference} words "
+        f"({100 * c.rate:.1f}%)" in text
+    )
+    assert c.insertions == 0  # the lecture names only deletions and substitutions

@@ -17,6 +17,8 @@ NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 sys.path.insert(0, str(NOTEBOOK_DIR))
 from render import execute, notebooks  # noqa: E402  (notebooks/render.py: `make course` runs it too)
 
+from course import LECTURE_MARK  # noqa: E402
+
 CLASSES = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.py"))
 NOTEBOOKS = [p for p in notebooks() if p.parent == NOTEBOOK_DIR]
 SOLUTIONS = [p for p in notebooks() if p.parent != NOTEBOOK_DIR]
@@ -59,6 +61,27 @@ def test_notebook_runs(path: Path) -> None:
     ]
     assert not errors, f"{path.name}: {errors[0].ename}: {errors[0].evalue}"
     assert all(c.execution_count for c in executed.cells if c.cell_type == "code"), "a cell did not run"
+    lecture = NOTEBOOK_DIR.parent / "curriculum" / f"{path.stem}.md"
+    unsaid = [q for q in lecture_quotes(executed) if flat(q) not in flat(lecture.read_text())]
+    assert not unsaid, f"{path.name} measured it, {lecture.name} does not say it: {unsaid}"
+
+
+def flat(text: str) -> str:
+    """Whitespace-insensitive form, so a quote may wrap across lecture lines."""
+    return " ".join(text.split())
+
+
+def lecture_quotes(executed) -> list[str]:
+    """What the notebook printed with ``course.lecture_says``: the lecture's wording of its numbers."""
+    return [
+        line.removeprefix(LECTURE_MARK)
+        for cell in executed.cells
+        if cell.cell_type == "code"
+        for output in cell.outputs
+        if output.output_type == "stream"
+        for line in output.text.splitlines()
+        if line.startswith(LECTURE_MARK)
+    ]
 
 
 @pytest.mark.notebook
@@ -97,3 +120,18 @@ def test_lectures_render_to_html_with_working_links_and_figures(tmp_path: Path) 
             links,
         )
         assert all((tmp_path / s).is_file() for s in images), (page.name, images)
+
+
+def test_lecture_quotes_travel_from_the_notebook_output_to_the_check(capsys) -> None:
+    import nbformat
+
+    from course import lecture_says
+
+    lecture_says("a mean cosine of about 0.97", "spend 6 % (layer 0)", when=True)
+    lecture_says("not printed", when=False)
+    printed = capsys.readouterr().out
+    cell = nbformat.v4.new_code_cell("...")
+    cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text="other\n" + printed)]
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("x"), cell])
+    assert lecture_quotes(notebook) == ["a mean cosine of about 0.97", "spend 6 % (layer 0)"]
+    assert flat("a mean cosine\n  of about 0.97") in flat("agree with a mean cosine of about\n0.97 after")

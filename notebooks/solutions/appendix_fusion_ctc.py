@@ -24,7 +24,7 @@ import torch
 from asr.ctc import ctc_greedy
 from asr.evaluate import corpus_wer
 from asr.inference import default_model, load_model
-from course import example_clip
+from course import example_clip, lecture_says
 
 torch.set_num_threads(1)
 model = load_model(default_model(two_pass=False))
@@ -61,6 +61,7 @@ def flip(beta: float) -> float:
 
 lam = flip(0.0)
 print(f"\nbeta = 0: the decision flips at lambda = {lam:.4f}")
+lecture_says(f"at λ ≈ {lam:.2f}", when=True)  # the LM alone: no speech involved
 for trial in (lam - 0.005, lam + 0.005):
     scores = {h: hypotheses[h] + trial * lm[h] for h in hypotheses}
     print(f"  lambda = {trial:.4f}: best {max(scores, key=scores.get)!r}")
