@@ -70,8 +70,8 @@ for beta in (0.5, 1.0, 2.0):
 
 # %% [markdown]
 # **Answer.** The scores are equal where am_b + λ·lm_b = am_s + λ·lm_s, i.e.
-# λ* = (am_b − am_s) / (lm_s − lm_b) = 0.5 / (LM gap). With the LM scores above (about −32 against −42)
-# that is λ* ≈ 0.05. Below it the acoustic model's favourite ("wreck a nice beach") wins, and above it
+# λ* = (am_b − am_s) / (lm_s − lm_b) = 0.5 / (LM gap). With the LM scores above (about −30 against −46)
+# that is λ* ≈ 0.03. Below it the acoustic model's favourite ("wreck a nice beach") wins, and above it
 # the LM's does. The flip point is the ratio of the acoustic margin to the LM margin.
 #
 # β·|y| adds a bonus per token. Every token adds a negative term log p_LM to the LM score, so with λ > 0
