@@ -15,7 +15,7 @@ from asr.corpus import prepare_examples
 from asr.data import BadRows, Collator
 from asr.first_pass import CTranslate2FirstPass, first_pass_key, format_hypotheses
 from asr.prompt import IGNORE_INDEX
-from asr.store import HypothesisStore, source_key
+from asr.store import FileKeys, HypothesisStore, source_key
 
 
 class FakeFirstPass:
@@ -137,6 +137,27 @@ def test_source_key_follows_the_content_not_the_path_or_time(tmp_path) -> None:
     assert source_key(big) != big_key
     assert source_key(np.zeros(4)) == source_key(np.zeros(4)) != source_key(np.ones(4))
     assert first_pass_key("packaged:whisper-tiny.en", 1) != first_pass_key("packaged:whisper-tiny.en", 2)
+
+
+def test_file_keys_hash_each_file_once(tmp_path, monkeypatch) -> None:
+    import asr.store
+
+    path = tmp_path / "a.wav"
+    path.write_bytes(b"x" * 10)
+    keys = FileKeys(tmp_path / "keys.jsonl")
+    assert keys(str(path)) == source_key(path) and keys(np.zeros(4)) == source_key(np.zeros(4))
+    keys.save()
+    with (tmp_path / "keys.jsonl").open("a") as f:
+        f.write('{"stat": "cut sh')  # a kill mid-write
+    monkeypatch.setattr(asr.store, "source_key", lambda audio: pytest.fail("read an unchanged file"))
+    again = FileKeys(tmp_path / "keys.jsonl")
+    assert again(path) == keys(path)  # known path, size and time: only a stat
+    monkeypatch.undo()
+    path.write_bytes(b"y" * 10)
+    os.utime(path, ns=(1, 1))
+    assert again(path) == source_key(path) != keys.known[next(iter(keys.known))]
+    again.save()  # starts on a new line after the cut one
+    assert len(FileKeys(tmp_path / "keys.jsonl").known) == 2
 
 
 def test_ctranslate2_first_pass_equals_faster_whisper(dev_rows) -> None:

@@ -44,7 +44,7 @@ from asr.data import (
     stream_hub_audio,
 )
 from asr.lengths import SAMPLE_RATE, encoder_frames, mel_frames, seconds
-from asr.store import FeatureStore, HypothesisStore, encoder_key, source_key
+from asr.store import FeatureStore, FileKeys, HypothesisStore, encoder_key
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +141,15 @@ def _row_name(row: Row) -> str:
     return row.audio if isinstance(row.audio, str) else row.id
 
 
+def fill_keys(rows: list[Row], store: FeatureStore) -> None:
+    """Give every row its store key (:func:`asr.store.source_key`), reusing the file hashes
+    remembered beside the store."""
+    keys = FileKeys(store.dir.parent / "file-keys.jsonl")
+    for row in rows:
+        row.key = row.key or keys(row.audio)
+    keys.save()
+
+
 def build_store(  # noqa: PLR0913 - the rows, the models and how the work is split
     rows: list[Row],
     model: Any,
@@ -160,9 +169,9 @@ def build_store(  # noqa: PLR0913 - the rows, the models and how the work is spl
     from tqdm.auto import tqdm
 
     two_pass = hypotheses is not None and model.config.first_pass != "none"
+    fill_keys(rows, store)
     unique: dict[str, Row] = {}
     for row in rows:
-        row.key = row.key or source_key(row.audio)
         unique.setdefault(row.key, row)
     # the split depends on the rows only, never on what the store holds when a rank looks
     mine = [
@@ -267,8 +276,8 @@ def usable_rows(  # noqa: PLR0913 - the rows and the limits they are checked aga
     """Rows the store holds frames for, with their lengths (and hypotheses) filled in; the rest
     are reported once each (skipped audio, implausible transcript) in ``bad``."""
     kept = []
+    fill_keys(rows, store)
     for row in rows:
-        row.key = row.key or source_key(row.audio)
         if row.key not in store:
             bad.add(_row_name(row), "not in the feature store: build it first (asr.corpus.build_store)")
             continue

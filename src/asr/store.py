@@ -1,9 +1,10 @@
 """On-disk stores of what frozen models compute once per clip: encoder frames
 (:class:`FeatureStore`) and first-pass hypotheses (:class:`HypothesisStore`).
 
-Rows are keyed by their source, cheaply and without decoding: a file by its size and a hash of
-its bytes (the first and last MiB of a large file), raw bytes or samples by their hash. Not by path
-or modification time: a corpus that is copied, moved or re-provisioned keeps its stored frames.
+Rows are keyed by their source, without decoding: a file by its size and a hash of its bytes (the
+first and last MiB of a large file; :class:`FileKeys` remembers the hashes so unchanged files are
+only stat-ed), raw bytes or samples by their hash. Not by path or modification time: a corpus that
+is copied, moved or re-provisioned keeps its stored frames.
 """
 
 from __future__ import annotations
@@ -43,8 +44,8 @@ def source_key(audio: Any) -> str:
 
 
 def _fingerprint(path: Path, edge: int = 1 << 20) -> bytes:
-    """Size and the bytes of a file, or of its first and last ``edge`` bytes when it is larger
-    than two edges (an audio file edited in place keeps neither its size nor both ends)."""
+    """Size and the hash of a file's bytes, or of its first and last ``edge`` bytes when it is
+    larger than two edges (re-encoded audio changes its header or its end, and usually its size)."""
     size = path.stat().st_size
     with path.open("rb") as f:
         if size <= 2 * edge:
@@ -87,20 +88,58 @@ class HypothesisStore:
         for key, hyps in items:
             self.entries[key] = list(hyps)
             lines.append(json.dumps({"key": key, "hyps": list(hyps)}) + "\n")
-        if not lines:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # a line cut short by an earlier kill would swallow the next entry: start on a new line
-        prefix = (
-            "\n"
-            if self.path.is_file() and self.path.stat().st_size and not _ends_with_newline(self.path)
-            else ""
-        )
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        _append_lines(self.path, lines)
+
+
+class FileKeys:
+    """:func:`source_key` of audio files, remembered by path, size and modification time in a
+    JSONL file beside the stores. Hashing reads each file; with this a run over an unchanged
+    corpus only stats its files, and a copied or re-provisioned one (new times) is read once."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.known: dict[str, str] = {}
+        self.new: list[str] = []
+        if self.path.is_file():
+            for line in self.path.read_text(errors="replace").splitlines():
+                try:
+                    entry = json.loads(line)
+                    self.known[entry["stat"]] = entry["key"]
+                except (json.JSONDecodeError, KeyError, TypeError):  # a line cut short by a kill
+                    continue
+
+    def __call__(self, audio: Any) -> str:
+        if not isinstance(audio, str | Path):
+            return source_key(audio)
+        path = Path(audio).resolve()
         try:
-            os.write(fd, (prefix + "".join(lines)).encode())
-        finally:
-            os.close(fd)
+            stat = path.stat()
+        except OSError:
+            return source_key(path)
+        stamp = f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
+        if stamp not in self.known:
+            self.known[stamp] = source_key(path)
+            self.new.append(json.dumps({"stat": stamp, "key": self.known[stamp]}) + "\n")
+        return self.known[stamp]
+
+    def save(self) -> None:
+        """Append the keys learned since the last save (one write; ranks may share the file)."""
+        _append_lines(self.path, self.new)
+        self.new = []
+
+
+def _append_lines(path: Path, lines: list[str]) -> None:
+    """Append whole lines with one ``write`` on an ``O_APPEND`` file (safe for several writers)."""
+    if not lines:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # a line cut short by an earlier kill would swallow the next entry: start on a new line
+    prefix = "\n" if path.is_file() and path.stat().st_size and not _ends_with_newline(path) else ""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (prefix + "".join(lines)).encode())
+    finally:
+        os.close(fd)
 
 
 def _ends_with_newline(path: Path) -> bool:
