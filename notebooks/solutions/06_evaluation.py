@@ -141,8 +141,8 @@ print(
 # **Answer.** The interval is wide because WER on a few clips is a *sample* estimate: another 24
 # clips of the same corpus would give another number. Its width shrinks like 1/√n (the column
 # "width × √n" stays roughly constant): four times the clips halve it. The course's figures fit that
-# rule: the lecture's 8-clip interval on Whisper spans about 35 points (15-50 %), so 24 clips give
-# about 20, 100 clips about 10 (the answer to the exercise as written: roughly ±5 points), and the
+# rule: the lecture's 8-clip interval on Whisper spans about 37 points (20-57 %), so 24 clips give
+# about 21, 100 clips about 10 (the answer to the exercise as written: roughly ±5 points), and the
 # README's 200 utterances about 7, i.e. tiny.en's 52.8 % is good to roughly ±3.5 points. The rows
 # for n = 100 and 200 resample *these* clips as if they were the corpus: they predict the width, they
 # do not make the WER estimate any better.
