@@ -143,10 +143,13 @@ def _row_name(row: Row) -> str:
 
 def fill_keys(rows: list[Row], store: FeatureStore) -> None:
     """Give every row its store key (:func:`asr.store.source_key`), reusing the file hashes
-    remembered beside the store."""
+    remembered beside the store (read only when some row has no key yet)."""
+    missing = [row for row in rows if not row.key]
+    if not missing:
+        return
     keys = FileKeys(store.dir.parent / "file-keys.jsonl")
-    for row in rows:
-        row.key = row.key or keys(row.audio)
+    for row in missing:
+        row.key = keys(row.audio)
     keys.save()
 
 

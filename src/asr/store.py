@@ -14,7 +14,7 @@ import json
 import os
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -72,13 +72,9 @@ class HypothesisStore:
 
     def reload(self) -> None:
         """Read the file again (after other processes appended to it)."""
-        if self.path.is_file():
-            for line in self.path.read_text(errors="replace").splitlines():
-                try:
-                    entry = json.loads(line)
-                    self.entries[entry["key"]] = list(entry["hyps"])
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    continue
+        for entry in _read_lines(self.path, "key", "hyps"):
+            if isinstance(entry["hyps"], list):
+                self.entries[entry["key"]] = entry["hyps"]
 
     def get(self, key: str) -> list[str] | None:
         return self.entries.get(key)
@@ -100,13 +96,8 @@ class FileKeys:
         self.path = Path(path)
         self.known: dict[str, str] = {}
         self.new: list[str] = []
-        if self.path.is_file():
-            for line in self.path.read_text(errors="replace").splitlines():
-                try:
-                    entry = json.loads(line)
-                    self.known[entry["stat"]] = entry["key"]
-                except (json.JSONDecodeError, KeyError, TypeError):  # a line cut short by a kill
-                    continue
+        for entry in _read_lines(self.path, "stat", "key"):
+            self.known[entry["stat"]] = entry["key"]
 
     def __call__(self, audio: Any) -> str:
         if not isinstance(audio, str | Path):
@@ -126,6 +117,20 @@ class FileKeys:
         """Append the keys learned since the last save (one write; ranks may share the file)."""
         _append_lines(self.path, self.new)
         self.new = []
+
+
+def _read_lines(path: Path, *fields: str) -> Iterator[dict[str, Any]]:
+    """The complete entries of a JSONL store: a line cut short by a kill (not valid JSON) or
+    lacking one of ``fields`` is skipped."""
+    if not path.is_file():
+        return
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(entry, dict) and all(f in entry for f in fields):
+            yield entry
 
 
 def _append_lines(path: Path, lines: list[str]) -> None:
