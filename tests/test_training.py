@@ -113,7 +113,7 @@ def test_collator_mixed_lengths_and_label_mask():
     assert torch.isfinite(out.loss)
 
 
-def _run(manifest: Path, out: Path, **overrides) -> dict:
+def _run(manifest: Path, out: Path, model: dict | None = None, **overrides) -> dict:
     data = DataConfig(
         train=[{"type": "manifest", "path": str(manifest)}],
         eval=[{"type": "manifest", "path": str(manifest), "limit": 3}],
@@ -131,8 +131,10 @@ def _run(manifest: Path, out: Path, **overrides) -> dict:
         "wandb": {"mode": "disabled"},
         "learning_rate": 1e-2,
     }
-    summary, model = train(tiny_model_config(), data, TrainingConfig(**{**args, **overrides}))
-    return {"summary": summary, "state": model.trainable_state_dict()}
+    summary, trained = train(
+        tiny_model_config(**(model or {})), data, TrainingConfig(**{**args, **overrides})
+    )
+    return {"summary": summary, "state": trained.trainable_state_dict()}
 
 
 def test_training_writes_checkpoints_logs_and_resumes_identically(tmp_path):
@@ -157,6 +159,16 @@ def test_training_writes_checkpoints_logs_and_resumes_identically(tmp_path):
     # and it did learn something: weights moved from the initial projector
     init = tiny_model().trainable_state_dict()
     assert any(not torch.allclose(init[n], v) for n, v in straight["state"].items())
+
+
+def test_encoder_lora_trains_on_features_not_stored_frames(tmp_path):
+    """With ``encoder_lora`` the encoder runs in every step: stored frames would have given its
+    adapters no gradient, and they would have stayed the identity."""
+    manifest = write_corpus(tmp_path / "data", n=6)
+    lora = {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]}
+    state = _run(manifest, tmp_path / "run", model={"encoder_lora": lora}, max_steps=3)["state"]
+    adapters = {n: v for n, v in state.items() if n.startswith("encoder.") and ".lora_B." in n}
+    assert adapters and all(v.abs().sum() > 0 for v in adapters.values())
 
 
 def test_invalid_training_values_name_the_key():

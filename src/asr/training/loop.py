@@ -203,9 +203,10 @@ def prepare_data(
     """Index the corpora (no audio in memory), fill the feature store with what it lacks (each
     rank its share, then a barrier), and build the datasets that read it.
 
-    With ``precompute: false`` or augmentation on, training examples are decoded (and augmented)
-    in DataLoader workers and the encoder runs every step; eval examples always come from the
-    store."""
+    With ``precompute: false``, augmentation on, or an encoder that trains (``encoder_lora``),
+    training examples are decoded (and augmented) in DataLoader workers and the encoder runs every
+    step; eval examples come from the store, or as features when the encoder trains (frames
+    from the stage's start would hide what it learns)."""
     t0 = time.time()
     progress = accelerator.is_main_process
     bad = BadRows()
@@ -214,7 +215,8 @@ def prepare_data(
     # an eval set must not change between evaluations: a weight below 1 keeps that fixed share
     eval_specs = [{**spec, "fraction": spec.get("fraction", spec.get("weight", 1.0))} for spec in data.eval]
     eval_rows = index_sources(eval_specs, bad, cfg.seed + 1, data.text_normalization)[0][: cfg.eval_samples]
-    on_the_fly = not cfg.precompute or data.augment.enabled
+    trains_encoder = any(p.requires_grad for p in model.encoder.parameters())
+    on_the_fly = not cfg.precompute or data.augment.enabled or trains_encoder
     if on_the_fly:  # before any clip is encoded
         check_on_the_fly(train_rows, model, data)
     store = FeatureStore(store_root(cfg), encoder_key(model), model.config.encoder_width)
@@ -239,7 +241,12 @@ def prepare_data(
     if hypotheses is not None:
         hypotheses.reload()  # the other ranks' lines
     usable = partial(usable_rows, store=store, tokenizer=processor.tokenizer, hypotheses=hypotheses)
-    eval_examples = in_memory(usable(eval_rows, bad=bad), store)
+    eval_rows = usable(eval_rows, bad=bad)
+    if trains_encoder:
+        features = AudioDataset(eval_rows, processor, max_seconds=data.max_seconds)
+        eval_examples = [features[i] for i in range(len(eval_rows))]
+    else:
+        eval_examples = in_memory(eval_rows, store)
     if on_the_fly:
         for row in train_rows:
             row.frames = estimate_frames(row)
