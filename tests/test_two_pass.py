@@ -14,7 +14,7 @@ from asr.audio import load_audio
 from asr.corpus import prepare_examples
 from asr.data import BadRows, Collator
 from asr.first_pass import CTranslate2FirstPass, first_pass_key, format_hypotheses
-from asr.prompt import IGNORE_INDEX
+from asr.prompt import IGNORE_INDEX, normalize_target
 from asr.store import FileKeys, HypothesisStore, source_key
 
 
@@ -27,6 +27,22 @@ class FakeFirstPass:
     def __call__(self, clips: list[np.ndarray]) -> list[list[str]]:
         self.clips += len(clips)
         return [[f"first pass of {len(c)} samples"] for c in clips]
+
+
+class FixedFirstPass:
+    """Fixed hypotheses; Whisper's score: 0 for its own hypothesis (as the model writes it), far
+    below for anything else."""
+
+    def __init__(self, hypotheses: list[str]) -> None:
+        self.hypotheses, self.scored = hypotheses, []
+
+    def __call__(self, clips: list[np.ndarray]) -> list[list[str]]:
+        return [[h] for h in self.hypotheses[: len(clips)]]
+
+    def score(self, clips: list[np.ndarray], candidates: list[list[str]]) -> list[list[float]]:
+        self.scored += [t for texts in candidates for t in texts]
+        own = {normalize_target(h, "plain") for h in self.hypotheses}
+        return [[0.0 if t in own else -100.0 for t in texts] for texts in candidates]
 
 
 def two_pass_model() -> ASRModel:
@@ -59,10 +75,14 @@ def test_n_best_lists_are_numbered() -> None:
 
 def test_two_pass_config_round_trips(tmp_path) -> None:
     model = tiny_model(first_pass="whisper", first_pass_n_best=3)
+    model.processor.target_normalization = "plain"
+    model.set_decoding(model.decoding.replace(first_pass_rescore=0.5))
     model.save_pretrained(tmp_path)
     loaded = ASRModel.from_pretrained(tmp_path)
     assert loaded.config.first_pass == "whisper"
     assert loaded.config.first_pass_n_best == 3
+    assert loaded.processor.target_normalization == "plain"
+    assert loaded.decoding.first_pass_rescore == 0.5
     assert tiny_model().run_first_pass([np.zeros(16000, np.float32)]) is None
     with pytest.raises(ValueError, match="first_pass="):
         tiny_model(first_pass="gpt")
@@ -75,6 +95,61 @@ def test_transcribe_runs_the_first_pass_once_per_clip() -> None:
     texts = model.transcribe(clips)
     assert len(texts) == 2
     assert model._first_pass.clips == 2
+
+
+def test_answer_logprobs_match_the_plain_decoder_loss() -> None:
+    """Scoring answers after generation prompts (the guard's teacher forcing) gives each row's
+    log-probability as the plain decoder loss over the same prompt and answer computes it."""
+    model = two_pass_model()
+    processor = model.processor
+    rng = np.random.default_rng(1)
+    clips = [rng.standard_normal(n).astype(np.float32) * 0.1 for n in (16000, 27000)]
+    first_pass = model.run_first_pass(clips)
+    texts = ["one two three", "a longer answer than the other one"]
+    inputs = processor(audio=clips, first_pass=first_pass)
+    audio, n_audio = model.audio_embeddings(inputs["input_features"], inputs["mel_lengths"])
+    answers = [processor.prompt_builder.answer_ids(t) for t in texts]
+    got = model.answer_logprobs(
+        inputs["input_ids"], inputs["attention_mask"], inputs["audio_mask"], audio, n_audio, answers
+    )
+    for i, (clip, text, answer) in enumerate(zip(clips, texts, answers, strict=True)):
+        batch = processor(audio=[clip], text=[text], first_pass=[first_pass[i]])
+        with torch.no_grad():
+            loss = model(**batch, logits_at_labels=False).loss
+        assert got[i].item() == pytest.approx(-loss.item() * len(answer), rel=1e-4)
+
+
+def test_rescoring_keeps_the_answer_the_two_models_prefer() -> None:
+    """``first_pass_rescore``: where the answer differs from the first pass, the one with the
+    higher LLM + weight * Whisper log-probability is returned (the first pass as Whisper wrote it)."""
+    model = two_pass_model()
+    processor = model.processor
+    processor.target_normalization = "plain"
+    firsts = ["Yes!", "First pass, number 1!", "A first pass, much longer: it is number 2."]
+    model._first_pass = FixedFirstPass(firsts)
+    rng = np.random.default_rng(2)
+    clips = [rng.standard_normal(n).astype(np.float32) * 0.1 for n in (16000, 20000, 24000)]
+    short = {"repetition_penalty": 1.0, "max_new_tokens_base": 3, "max_new_tokens_per_second": 1.0}
+    inputs = processor(audio=clips, first_pass=[[f] for f in firsts])
+    tokens = model.generate(**inputs, **short)
+    own = processor.batch_decode(tokens)
+    assert model.transcribe(clips, **short) == own  # the checkpoint's default: no rescoring
+    # weight 0: the LLM's scores alone, row by row (its answer against the first pass, as trained)
+    audio, n_audio = model.audio_embeddings(inputs["input_features"], inputs["mel_lengths"])
+    prompts = (inputs["input_ids"], inputs["attention_mask"], inputs["audio_mask"], audio, n_audio)
+    eos = model.generation_config.eos_token_id
+    own_ids = [row[: row.index(eos) + 1] if eos in row else row for row in tokens.tolist()]
+    plain = ["yes", "first pass number 1", "a first pass much longer it is number 2"]
+    first_ids = [processor.prompt_builder.answer_ids(t) for t in plain]
+    gain = model.answer_logprobs(*prompts, own_ids) - model.answer_logprobs(*prompts, first_ids)
+    assert 0 < int((gain >= 0).sum()) < 3  # both outcomes occur in this batch
+    expected = [o if g >= 0 else f for o, f, g in zip(own, firsts, gain.tolist(), strict=True)]
+    assert model.transcribe(clips, first_pass_rescore=0.0, **short) == expected
+    # Whisper's scores decide where they outweigh the LLM's; it scores both answers of each row
+    # that differs, as the model writes them
+    model._first_pass.scored.clear()
+    assert model.transcribe(clips, first_pass_rescore=1e6, **short) == firsts
+    assert sorted(model._first_pass.scored) == sorted(plain + [normalize_target(t, "plain") for t in own])
 
 
 def test_stored_hypotheses_train_exactly_like_fresh_ones(tmp_path, dev_rows) -> None:
@@ -168,6 +243,22 @@ def test_ctranslate2_first_pass_equals_faster_whisper(dev_rows) -> None:
     ours = [h[0] for h in CTranslate2FirstPass(threads=2)(clips)]
     baseline = FasterWhisperBackend(threads=2).decode(clips, [None] * len(clips))
     assert ours == baseline
+
+
+def test_whisper_scores_its_own_transcript_above_a_changed_one(dev_rows) -> None:
+    """The rescoring's Whisper side: batched scores equal one-by-one ones (padding changes
+    nothing), and Whisper prefers its own greedy transcript to one with a word changed."""
+    clips = [load_audio(r["audio"]) for r in dev_rows[:3]]
+    first_pass = CTranslate2FirstPass(threads=2)
+    own = [normalize_target(h[0], "plain") for h in first_pass(clips)]
+    changed = [f"{t} zebra" for t in own]
+    batched = first_pass.score(clips, [[a, b] for a, b in zip(own, changed, strict=True)])
+    alone = [
+        [first_pass.score([c], [[t]])[0][0] for t in (a, b)]
+        for c, a, b in zip(clips, own, changed, strict=True)
+    ]
+    assert np.allclose(batched, alone, atol=1e-3)
+    assert all(a > b for a, b in batched)
 
 
 def test_the_pipeline_and_trace_run_the_first_pass(tmp_path) -> None:

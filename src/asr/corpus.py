@@ -39,11 +39,11 @@ from asr.data import (
     HubClip,
     hotword_context,
     implausible_transcript,
-    normalize_target,
     read_source,
     stream_hub_audio,
 )
 from asr.lengths import SAMPLE_RATE, encoder_frames, mel_frames, seconds
+from asr.prompt import normalize_target
 from asr.store import FeatureStore, FileKeys, HypothesisStore, encoder_key
 
 log = logging.getLogger(__name__)

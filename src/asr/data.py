@@ -12,7 +12,6 @@ import csv
 import json
 import logging
 import random
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,19 +51,6 @@ class BadRows:
 
     def write(self, path: Path) -> None:
         path.write_text("".join(json.dumps({"file": n, "reason": r}) + "\n" for n, r in self.rows))
-
-
-def normalize_target(text: str, mode: str) -> str:
-    """Training-target normalisation: ``none`` keeps the corpus text, ``lower`` lower-cases,
-    ``plain`` lower-cases and strips punctuation (the corpora here are upper case, unpunctuated)."""
-    text = " ".join(text.split())
-    if mode == "none":
-        return text
-    if mode == "lower":
-        return text.lower()
-    if mode == "plain":
-        return re.sub(r"[^\w' ]+", "", text.lower()).strip()
-    raise ValueError(f"data.text_normalization={mode!r}: expected none, lower or plain")
 
 
 def read_manifest(path: str | Path, bad: BadRows, limit: int | None = None) -> list[dict[str, Any]]:

@@ -7,7 +7,9 @@ from both. The first pass decodes each clip in Whisper's own 30 s window, greedy
 with a beam of ``n_best`` returning all of them, with no timestamps, no previous-text conditioning
 and no temperature fallback: what the faster-whisper baseline decodes.
 
-Two runners, one interface (``__call__(clips) -> list[list[str]]``):
+Two runners, one interface (``__call__(clips) -> list[list[str]]``, and ``score(clips, texts)``:
+Whisper's log-probability of a given transcript of each clip, which two-pass decoding weighs
+against the LLM's, :attr:`asr.generation.DecodingConfig.first_pass_rescore`):
 
 - the packaged tiny.en is a CTranslate2 model, run with ``ctranslate2`` itself (batched,
   int8 by default): the same weights and decoder as the faster-whisper baseline;
@@ -20,6 +22,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -56,18 +59,21 @@ class CTranslate2FirstPass:
         sot = self.tokenizer.token_to_id("<|startoftranscript|>")
         self.prompt = [sot, self.tokenizer.token_to_id("<|notimestamps|>")]
         self.eot = self.tokenizer.token_to_id("<|endoftext|>")
+        self._scorer: WhisperScorer | None = None  # loaded on first use
+
+    def _features(self, clips: Sequence[np.ndarray]) -> np.ndarray:
+        """faster-whisper's own features: the clip's frames (its extra last frame dropped), then
+        the log-mel padded with zeros to the 30 s window."""
+        from faster_whisper.audio import pad_or_trim
+
+        features = [pad_or_trim(self.extractor(np.asarray(c, dtype=np.float32))[:, :-1]) for c in clips]
+        return np.ascontiguousarray(np.stack(features), dtype=np.float32)
 
     def __call__(self, clips: Sequence[np.ndarray]) -> list[list[str]]:
         import ctranslate2
-        from faster_whisper.audio import pad_or_trim
 
-        # faster-whisper's own features: the clip's frames (its extra last frame dropped), then
-        # the log-mel padded with zeros to the 30 s window
-        features = np.stack(
-            [pad_or_trim(self.extractor(np.asarray(c, dtype=np.float32))[:, :-1]) for c in clips]
-        )
         results = self.model.generate(
-            ctranslate2.StorageView.from_array(np.ascontiguousarray(features, dtype=np.float32)),
+            ctranslate2.StorageView.from_array(self._features(clips)),
             [self.prompt] * len(clips),
             beam_size=self.n_best,
             num_hypotheses=self.n_best,
@@ -78,6 +84,14 @@ class CTranslate2FirstPass:
             [self.tokenizer.decode([t for t in ids if t < self.eot]).strip() for ids in r.sequences_ids]
             for r in results
         ]
+
+    def score(self, clips: Sequence[np.ndarray], candidates: Sequence[Sequence[str]]) -> list[list[float]]:
+        """Whisper's log-probability of each clip's candidate transcripts (:class:`WhisperScorer`,
+        on the same weights converted to transformers: CTranslate2 cannot score a given text with
+        its end)."""
+        if self._scorer is None:
+            self._scorer = WhisperScorer.from_source(PACKAGED_WHISPER)
+        return self._scorer(clips, candidates)
 
 
 class TransformersFirstPass:
@@ -109,6 +123,58 @@ class TransformersFirstPass:
         )
         texts = [t.strip() for t in self.processor.batch_decode(ids, skip_special_tokens=True)]
         return [texts[i : i + self.n_best] for i in range(0, len(texts), self.n_best)]
+
+    def score(self, clips: Sequence[np.ndarray], candidates: Sequence[Sequence[str]]) -> list[list[float]]:
+        """Whisper's log-probability of each clip's candidate transcripts (:class:`WhisperScorer`)."""
+        scorer = WhisperScorer(self.model, self.processor.feature_extractor, self.processor.tokenizer)
+        return scorer(clips, candidates)
+
+
+class WhisperScorer:
+    """Whisper's log-probability of a given transcript of each clip, teacher-forced: its start
+    tokens (no timestamps), the text's tokens and the end of text, after the clip's 30 s window.
+    Two-pass decoding weighs it against the LLM's (``generation.first_pass_rescore``)."""
+
+    def __init__(self, model: Any, feature_extractor: Any, tokenizer: Any) -> None:
+        self.model, self.feature_extractor, self.tokenizer = model, feature_extractor, tokenizer
+        self.start = tokenizer.convert_tokens_to_ids(["<|startoftranscript|>", "<|notimestamps|>"])
+
+    @classmethod
+    def from_source(cls, source: str) -> WhisperScorer:
+        from asr.sources import load_whisper, whisper_tokenizer
+
+        model, feature_extractor = load_whisper(source)
+        return cls(model, feature_extractor, whisper_tokenizer(source))
+
+    @torch.inference_mode()
+    def __call__(self, clips: Sequence[np.ndarray], candidates: Sequence[Sequence[str]]) -> list[list[float]]:
+        """Each clip's candidate transcripts -> their log-probabilities (the encoder runs once
+        per clip)."""
+        features = self.feature_extractor(
+            [np.asarray(c, dtype=np.float32) for c in clips], sampling_rate=SAMPLE_RATE, return_tensors="pt"
+        )["input_features"].to(self.model.device, self.model.dtype)
+        encoded = self.model.get_encoder()(features).last_hidden_state
+        counts = torch.tensor([len(c) for c in candidates], device=encoded.device)
+        eot = self.tokenizer.eos_token_id
+        answers = [
+            (self.tokenizer(f" {t.strip()}", add_special_tokens=False)["input_ids"] if t.strip() else [])
+            + [eot]
+            for texts in candidates
+            for t in texts
+        ]
+        width = len(self.start) + max(map(len, answers))
+        ids = torch.full((len(answers), width), eot, device=self.model.device)
+        for row, answer in zip(ids, answers, strict=True):
+            row[: len(self.start) + len(answer)] = torch.tensor(self.start + answer)
+        logits = self.model(
+            encoder_outputs=(encoded.repeat_interleave(counts, dim=0),), decoder_input_ids=ids[:, :-1]
+        ).logits
+        logprobs = logits.float().log_softmax(-1).gather(2, ids[:, 1:, None])[..., 0]
+        first = len(self.start) - 1  # the position that predicts the text's first token
+        scores = iter(
+            float(lp[first : first + len(a)].sum()) for lp, a in zip(logprobs, answers, strict=True)
+        )
+        return [[next(scores) for _ in texts] for texts in candidates]
 
 
 FirstPass = CTranslate2FirstPass | TransformersFirstPass

@@ -27,6 +27,12 @@ class DecodingConfig:
         no_repeat_ngram_size: forbid repeating n-grams of this size (0 switches it off).
         max_new_tokens_per_second / max_new_tokens_base: the cap on generated tokens,
             ``base + ceil(seconds * per_second)`` for each clip, so a loop stops early.
+        first_pass_rescore: two-pass models: where the model's answer differs from the first
+            pass, keep the one with the higher ``LLM log-prob + first_pass_rescore * Whisper
+            log-prob`` (each answer teacher-forced after the same prompt and audio). The LLM
+            alone rewrites correct first passes of native speech it cannot hear better than
+            Whisper; Whisper's own score of the rewrite vetoes those. ``0``: the LLM's scores
+            alone; ``None``: always the model's answer (plain two-pass decoding).
     """
 
     num_beams: int = 1
@@ -35,6 +41,7 @@ class DecodingConfig:
     no_repeat_ngram_size: int = 0
     max_new_tokens_per_second: float = 8.0
     max_new_tokens_base: int = 16
+    first_pass_rescore: float | None = None
 
     def __post_init__(self) -> None:
         checks = {
@@ -43,6 +50,7 @@ class DecodingConfig:
             "no_repeat_ngram_size": self.no_repeat_ngram_size >= 0,
             "max_new_tokens_per_second": self.max_new_tokens_per_second > 0,
             "max_new_tokens_base": self.max_new_tokens_base >= 0,
+            "first_pass_rescore": self.first_pass_rescore is None or self.first_pass_rescore >= 0,
         }
         for key, ok in checks.items():
             if not ok:

@@ -46,7 +46,7 @@ from asr.first_pass import FirstPass, load_first_pass
 from asr.generation import DecodingConfig
 from asr.processing import ASRProcessor
 from asr.projector import build_projector
-from asr.prompt import IGNORE_INDEX
+from asr.prompt import IGNORE_INDEX, normalize_target
 
 WEIGHTS_NAME = "model.safetensors"
 HUB_KWARGS = {
@@ -613,6 +613,38 @@ class ASRModel(PreTrainedModel):
             tokens = tokens.masked_fill(past.to(tokens.device), self.generation_config.pad_token_id)
         return tokens
 
+    @torch.no_grad()
+    def answer_logprobs(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        audio_mask: torch.Tensor,
+        audio: torch.Tensor,
+        n_audio: torch.Tensor,
+        answers: list[list[int]],
+    ) -> torch.Tensor:
+        """Log-probability (B,) of each row's answer tokens after its left-padded generation
+        prompt, by teacher forcing through the training loss's path (:meth:`_transcript_loss`)."""
+        keep = attention_mask.bool()
+        lengths = [int(k.sum()) + len(a) for k, a in zip(keep, answers, strict=True)]
+        ids = torch.full((len(answers), max(lengths)), self.generation_config.pad_token_id)
+        labels = torch.full_like(ids, IGNORE_INDEX)
+        mask, audio_at = torch.zeros_like(ids), torch.zeros_like(ids, dtype=torch.bool)
+        for i, (answer, n) in enumerate(zip(answers, lengths, strict=True)):
+            prompt = input_ids[i][keep[i]].cpu()
+            ids[i, :n] = torch.cat([prompt, torch.tensor(answer, dtype=torch.long)])
+            labels[i, len(prompt) : n] = torch.tensor(answer)
+            mask[i, :n] = 1
+            audio_at[i, : len(prompt)] = audio_mask[i][keep[i]].cpu()
+        ids, labels, mask, audio_at = (t.to(input_ids.device) for t in (ids, labels, mask, audio_at))
+        embeds = self.merge(ids, audio_at, audio, n_audio)
+        logits = self._transcript_loss(ids, mask, audio_at, labels, embeds).logits.float()
+        targets = labels[:, 1:]
+        scored = targets != IGNORE_INDEX
+        token_logprobs = logits.log_softmax(-1).gather(1, targets[scored][:, None])[:, 0]
+        row = torch.arange(len(answers), device=ids.device)[:, None].expand_as(targets)[scored]
+        return torch.zeros(len(answers), device=ids.device).index_add_(0, row, token_logprobs)
+
     def _prompt_head_cache(
         self,
         input_ids: torch.Tensor,
@@ -674,19 +706,72 @@ class ASRModel(PreTrainedModel):
 
     @torch.no_grad()
     def transcribe(
-        self, audios: list[np.ndarray], context: list[str | None] | str | None = None, **kwargs: Any
+        self,
+        audios: list[np.ndarray],
+        context: list[str | None] | str | None = None,
+        processor: ASRProcessor | None = None,
+        **kwargs: Any,
     ) -> list[str]:
-        """16 kHz mono clips (each at most 30 s) -> text, in one batch: a convenience around
-        ``processor(audio) -> generate -> processor.batch_decode`` (with the first pass in
-        between for a two-pass model). Longer audio, files and batching:
-        :class:`asr.inference.Transcriber`."""
-        if self.processor is None:
+        """16 kHz mono clips (each at most 30 s) -> text, in one batch: ``processor(audio) ->
+        generate -> processor.batch_decode``, with a two-pass model's first pass before and its
+        rescoring after (:meth:`rescore_first_pass`). ``kwargs``: ``generate``'s. Longer audio,
+        files and batching: :class:`asr.inference.Transcriber`."""
+        processor = processor or self.processor
+        if processor is None:
             raise RuntimeError(
                 "no processor attached: load with from_sources/from_pretrained or set_processor()"
             )
-        clips = self.processor.validate(audios)
-        inputs = self.processor(audio=clips, context=context, first_pass=self.run_first_pass(clips))
-        return self.processor.batch_decode(self.generate(**inputs.to(self.device), **kwargs))
+        clips = processor.validate(audios)
+        first_pass = self.run_first_pass(clips)
+        inputs = processor(audio=clips, context=context, first_pass=first_pass).to(self.device)
+        tokens = self.generate(**inputs, **kwargs)
+        weight = kwargs.get("first_pass_rescore", self.decoding.first_pass_rescore)
+        if first_pass is None or weight is None:
+            return processor.batch_decode(tokens)
+        return self.rescore_first_pass(processor, clips, inputs, tokens, first_pass, weight)
+
+    def rescore_first_pass(
+        self,
+        processor: ASRProcessor,
+        clips: list[np.ndarray],
+        inputs: dict[str, torch.Tensor],
+        tokens: torch.Tensor,
+        first_pass: list[list[str]],
+        weight: float,
+    ) -> list[str]:
+        """Two-pass decoding's last step: where the model's answer (``tokens``, generated from
+        ``inputs``) differs from the first pass, each answer is scored by the LLM (after the same
+        prompt, :meth:`answer_logprobs`) and by Whisper (:class:`asr.first_pass.WhisperScorer`),
+        and the one with the higher ``LLM + weight * Whisper`` log-probability is kept. The first
+        pass is scored as the model was trained to write it (``processor.target_normalization``)
+        and returned as Whisper wrote it."""
+        texts = processor.batch_decode(tokens)
+        written = [normalize_target(t, processor.target_normalization) for t in texts]
+        firsts = [normalize_target(h[0], processor.target_normalization) for h in first_pass]
+        differ = [i for i, (a, b) in enumerate(zip(written, firsts, strict=True)) if a != b]
+        if not differ:
+            return texts
+        ends = self.generation_config.eos_token_id
+        ends = set(ends) if isinstance(ends, list) else {ends}
+        own = [
+            row[: next((i + 1 for i, t in enumerate(row) if t in ends), len(row))] for row in tokens.tolist()
+        ]
+        n = len(differ)
+        rows = torch.tensor(differ, device=self.device)
+        audio, n_audio = self.audio_embeddings(inputs["input_features"][rows], inputs["mel_lengths"][rows])
+        prompts = [inputs[k][rows].repeat(2, 1) for k in ("input_ids", "attention_mask", "audio_mask")]
+        answers = [own[i] for i in differ] + [processor.prompt_builder.answer_ids(firsts[i]) for i in differ]
+        llm = self.answer_logprobs(*prompts, audio.repeat(2, 1, 1), n_audio.repeat(2), answers).cpu()
+        gain = llm[:n] - llm[n:]
+        if weight:
+            whisper = self._first_pass.score(
+                [clips[i] for i in differ], [[written[i], firsts[i]] for i in differ]
+            )
+            gain += weight * torch.tensor([answer - first for answer, first in whisper])
+        for i, better in zip(differ, (gain >= 0).tolist(), strict=True):
+            if not better:
+                texts[i] = first_pass[i][0]
+        return texts
 
 
 AutoConfig.register(ASRConfig.model_type, ASRConfig)

@@ -30,7 +30,7 @@ from asr import lengths
 from asr.audio import AudioError, load_audio
 from asr.config import ASRConfig
 from asr.first_pass import format_hypotheses
-from asr.prompt import PromptBuilder
+from asr.prompt import PromptBuilder, normalize_target
 
 
 @dataclass
@@ -60,6 +60,10 @@ class ASRProcessor(ProcessorMixin):
         projector_stack: k, encoder frames per LLM position, to reserve the right number of
             audio positions before the model runs.
         pad_to_window: pad features to Whisper's 30 s window (the ``padded`` encoder mode).
+        target_normalization: how the training transcripts were written
+            (:func:`asr.prompt.normalize_target`; training records its ``data.text_normalization``):
+            a two-pass model's first pass is written the same way when the model scores it
+            against its own answer (``generation.first_pass_rescore``).
     """
 
     def __init__(
@@ -72,6 +76,7 @@ class ASRProcessor(ProcessorMixin):
         first_pass_label: str = PromptConfig.first_pass_label,
         projector_stack: int = 5,
         pad_to_window: bool = False,
+        target_normalization: str = "none",
         **kwargs: Any,
     ) -> None:
         self.instruction = instruction
@@ -80,6 +85,8 @@ class ASRProcessor(ProcessorMixin):
         self.first_pass_label = first_pass_label
         self.projector_stack = int(projector_stack)
         self.pad_to_window = bool(pad_to_window)
+        normalize_target("", target_normalization)  # fails early on an unknown mode
+        self.target_normalization = target_normalization
         super().__init__(feature_extractor, tokenizer, **kwargs)
         self.prompt_builder = PromptBuilder(
             tokenizer, instruction, system_prompt, audio_placeholder, first_pass_label
@@ -133,6 +140,7 @@ class ASRProcessor(ProcessorMixin):
             **asdict(prompt),
             projector_stack=self.projector_stack,
             pad_to_window=self.pad_to_window,
+            target_normalization=self.target_normalization,
         )
 
     # ------------------------------------------------------------------ audio

@@ -8,12 +8,28 @@ No token is added to the vocabulary: audio positions are tracked with ``audio_ma
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
 IGNORE_INDEX = -100
+
+
+def normalize_target(text: str, mode: str) -> str:
+    """How transcripts are written as answers: ``none`` keeps the corpus text, ``lower``
+    lower-cases, ``plain`` lower-cases and strips punctuation (the corpora here are upper case,
+    unpunctuated). Training targets go through it, and so does a first pass that a two-pass model
+    weighs against its own answer (:meth:`asr.modeling.ASRModel.generate`)."""
+    text = " ".join(text.split())
+    if mode == "none":
+        return text
+    if mode == "lower":
+        return text.lower()
+    if mode == "plain":
+        return re.sub(r"[^\w' ]+", "", text.lower()).strip()
+    raise ValueError(f"data.text_normalization={mode!r}: expected none, lower or plain")
 
 
 @dataclass
@@ -64,6 +80,10 @@ class PromptBuilder:
     def _encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
+    def answer_ids(self, transcript: str) -> list[int]:
+        """The tokens the model writes for ``transcript``: the text, then the end of the turn."""
+        return self._encode(transcript.strip() + self.end_of_turn)
+
     def build(
         self,
         n_audio: int,
@@ -86,7 +106,7 @@ class PromptBuilder:
         audio_mask = [False] * len(head) + [True] * n_audio + [False] * len(tail)
         labels = [IGNORE_INDEX] * len(ids)
         if transcript is not None:
-            target = self._encode(transcript.strip() + self.end_of_turn)
+            target = self.answer_ids(transcript)
             ids += target
             labels += target
             audio_mask += [False] * len(target)

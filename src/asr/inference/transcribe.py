@@ -83,11 +83,10 @@ class ModelBackend:
 
     @torch.inference_mode()
     def decode(self, clips: list[np.ndarray], contexts: list[str | None], **options: Any) -> list[str]:
-        """``options``: per-call ``generate`` keywords over the backend's own. A two-pass model
-        runs its first pass here."""
-        first_pass = self.model.run_first_pass(clips)
-        inputs = self.processor(audio=clips, context=contexts, first_pass=first_pass).to(self.model.device)
-        return self.processor.batch_decode(self.model.generate(**inputs, **{**self.options, **options}))
+        """``options``: per-call ``generate`` keywords over the backend's own
+        (:meth:`asr.modeling.ASRModel.transcribe`: a two-pass model's first pass and rescoring
+        included)."""
+        return self.model.transcribe(clips, contexts, processor=self.processor, **{**self.options, **options})
 
 
 # How the baseline decodes: no timestamps, no conditioning on previous text, no VAD (it sees exactly

@@ -536,6 +536,7 @@ def train(
     accelerator = setup_accelerator(cfg)
     t0 = time.time()
     model, processor = load_model(model_config, cfg, accelerator, prompt, generation)
+    processor.target_normalization = data.text_normalization  # saved with it: how answers are written
     load_seconds = time.time() - t0
     corpus = prepare_data(data, cfg, model, processor, accelerator)
     run = setup_optimisation(model, processor, corpus, cfg, accelerator)
