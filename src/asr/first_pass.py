@@ -7,9 +7,10 @@ from both. The first pass decodes each clip in Whisper's own 30 s window, greedy
 with a beam of ``n_best`` returning all of them, with no timestamps, no previous-text conditioning
 and no temperature fallback: what the faster-whisper baseline decodes.
 
-Two runners, one interface (``__call__(clips) -> list[list[str]]``, and ``score(clips, texts)``:
-Whisper's log-probability of a given transcript of each clip, which two-pass decoding weighs
-against the LLM's, :attr:`asr.generation.DecodingConfig.first_pass_rescore`):
+Two runners, one interface: ``__call__(clips) -> list[list[str]]``, and
+``score(clips, candidates) -> list[list[float]]``, Whisper's log-probability of given transcripts
+of each clip (:class:`WhisperScorer`), which two-pass decoding weighs against the LLM's
+(:attr:`asr.generation.DecodingConfig.first_pass_rescore`):
 
 - the packaged tiny.en is a CTranslate2 model, run with ``ctranslate2`` itself (batched,
   int8 by default): the same weights and decoder as the faster-whisper baseline;

@@ -725,7 +725,8 @@ class ASRModel(PreTrainedModel):
         first_pass = self.run_first_pass(clips)
         inputs = processor(audio=clips, context=context, first_pass=first_pass).to(self.device)
         tokens = self.generate(**inputs, **kwargs)
-        weight = kwargs.get("first_pass_rescore", self.decoding.first_pass_rescore)
+        decoding = kwargs.get("decoding") or self.decoding
+        weight = kwargs.get("first_pass_rescore", decoding.first_pass_rescore)
         if first_pass is None or weight is None:
             return processor.batch_decode(tokens)
         return self.rescore_first_pass(processor, clips, inputs, tokens, first_pass, weight)

@@ -51,7 +51,8 @@ class TrainingConfig:
     # the feature store (asr.store): encoder frames computed once per clip, memory-mapped in training
     cache_encoder: bool = True  # False: the store lives in output_dir, not shared with other runs
     cache_dir: str | None = None  # the shared store's root; default: $ASR_CACHE/feature-store
-    precompute: bool = True  # False: decode in workers and run the encoder every step (naive path)
+    precompute: bool = True  # False: decode in workers and run the encoder every step (naive path;
+    # also what an encoder with LoRA gets, whatever this says: stored frames would not train it)
     num_workers: int = 0  # DataLoader workers: decoding (store build, on-the-fly path) and reading
     batch_seconds: float | None = None  # dynamic batches: rows x longest clip <= this many seconds
     context_prob: float = 0.0  # prompt-conditioned training: share of examples with a context
