@@ -62,19 +62,17 @@ class CTranslate2FirstPass:
         self.eot = self.tokenizer.token_to_id("<|endoftext|>")
         self._scorer: WhisperScorer | None = None  # loaded on first use
 
-    def _features(self, clips: Sequence[np.ndarray]) -> np.ndarray:
-        """faster-whisper's own features: the clip's frames (its extra last frame dropped), then
-        the log-mel padded with zeros to the 30 s window."""
-        from faster_whisper.audio import pad_or_trim
-
-        features = [pad_or_trim(self.extractor(np.asarray(c, dtype=np.float32))[:, :-1]) for c in clips]
-        return np.ascontiguousarray(np.stack(features), dtype=np.float32)
-
     def __call__(self, clips: Sequence[np.ndarray]) -> list[list[str]]:
         import ctranslate2
+        from faster_whisper.audio import pad_or_trim
 
+        # faster-whisper's own features: the clip's frames (its extra last frame dropped), then
+        # the log-mel padded with zeros to the 30 s window
+        features = np.stack(
+            [pad_or_trim(self.extractor(np.asarray(c, dtype=np.float32))[:, :-1]) for c in clips]
+        )
         results = self.model.generate(
-            ctranslate2.StorageView.from_array(self._features(clips)),
+            ctranslate2.StorageView.from_array(np.ascontiguousarray(features, dtype=np.float32)),
             [self.prompt] * len(clips),
             beam_size=self.n_best,
             num_hypotheses=self.n_best,

@@ -752,11 +752,8 @@ class ASRModel(PreTrainedModel):
         differ = [i for i, (a, b) in enumerate(zip(written, firsts, strict=True)) if a != b]
         if not differ:
             return texts
-        ends = self.generation_config.eos_token_id
-        ends = set(ends) if isinstance(ends, list) else {ends}
-        own = [
-            row[: next((i + 1 for i, t in enumerate(row) if t in ends), len(row))] for row in tokens.tolist()
-        ]
+        eos = self.generation_config.eos_token_id  # one id: set from the processor's tokenizer
+        own = [row[: row.index(eos) + 1] if eos in row else row for row in tokens.tolist()]
         n = len(differ)
         rows = torch.tensor(differ, device=self.device)
         audio, n_audio = self.audio_embeddings(inputs["input_features"][rows], inputs["mel_lengths"][rows])

@@ -21,7 +21,7 @@ def normalize_target(text: str, mode: str) -> str:
     """How transcripts are written as answers: ``none`` keeps the corpus text, ``lower``
     lower-cases, ``plain`` lower-cases and strips punctuation (the corpora here are upper case,
     unpunctuated). Training targets go through it, and so does a first pass that a two-pass model
-    weighs against its own answer (:meth:`asr.modeling.ASRModel.generate`)."""
+    weighs against its own answer (:meth:`asr.modeling.ASRModel.rescore_first_pass`)."""
     text = " ".join(text.split())
     if mode == "none":
         return text
