@@ -32,17 +32,17 @@ from typing import Any
 
 import numpy as np
 import soundfile as sf
-import torch
 from faster_whisper_worker import peak_rss_mb  # this folder: on sys.path when run as a script
 from tqdm.auto import tqdm
 
+# workers import only what their backend needs: a NumPy-runtime worker never loads torch, so its
+# memory and load time are the runtime's own (asr.evaluate, asr.sources pull torch: parent side)
 from asr.audio import load_audio
-from asr.evaluate import corpus_wer, read_manifest
 from asr.inference import FASTER_WHISPER, FASTER_WHISPER_OPTIONS, Transcriber, default_model, load_model
-from asr.sources import packaged_whisper_dir
 
 # speed/memory per configuration, startup time, our model's profile, one long file
 PARTS = ("runs", "startup", "profile", "longform")
+RUNTIMES = ("numpy", "torch")  # our model's two paths (asr.inference.load_backend)
 LONGFORM_SECONDS = 300.0  # the long file: consecutive manifest clips, at least this long
 LONGFORM_GAP_SECONDS = 0.5  # silence between them
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,8 +60,6 @@ def _load_clips(paths: list[str]):
 
 def run_config(spec: dict[str, Any]) -> dict[str, Any]:
     """One configuration, in this process: load, warm up, time a pass, report."""
-    torch.set_num_threads(spec["threads"])
-
     start = time.perf_counter()
     transcriber = Transcriber(
         spec["model"],
@@ -69,6 +67,7 @@ def run_config(spec: dict[str, Any]) -> dict[str, Any]:
         num_beams=spec["beams"],
         compute_type=spec.get("compute_type", "int8"),
         threads=spec["threads"],
+        runtime=spec.get("runtime", "auto"),
     )
     load_seconds = time.perf_counter() - start
     clips = _load_clips(spec["clips"])
@@ -91,8 +90,12 @@ def run_config(spec: dict[str, Any]) -> dict[str, Any]:
 
 def run_longform(spec: dict[str, Any]) -> dict[str, Any]:
     """Our model on one long file: the Transcriber's overlapping windows, ``batch_size`` at a time."""
-    torch.set_num_threads(spec["threads"])
-    transcriber = Transcriber(spec["model"], batch_size=spec["batch_size"], threads=spec["threads"])
+    transcriber = Transcriber(
+        spec["model"],
+        batch_size=spec["batch_size"],
+        threads=spec["threads"],
+        runtime=spec.get("runtime", "auto"),
+    )
     audio = load_audio(spec["file"])
     transcriber([audio[: 10 * 16000]])  # warm-up
     start = time.perf_counter()
@@ -111,6 +114,8 @@ def run_longform(spec: dict[str, Any]) -> dict[str, Any]:
 def make_long_file(manifest: str | Path, seconds: float, folder: Path) -> tuple[Path, str]:
     """Consecutive clips of ``manifest`` (so one speaker's reading goes on) joined with short
     silences into one WAV of at least ``seconds``; returns its path and the joined reference."""
+    from asr.evaluate import read_manifest
+
     parts, texts, total = [], [], 0.0
     gap = np.zeros(int(LONGFORM_GAP_SECONDS * 16000), dtype=np.float32)
     for row in read_manifest(manifest):
@@ -160,8 +165,11 @@ class _Timer:
 
 def run_profile(spec: dict[str, Any]) -> dict[str, Any]:
     """Where our model's time goes, per stage, over the clips in batches of ``batch_size``."""
-    torch.set_num_threads(spec["threads"])
+    if spec.get("runtime") == "numpy":
+        return run_profile_numpy(spec)
+    import torch
 
+    torch.set_num_threads(spec["threads"])
     model = load_model(spec["model"])
     clips = _load_clips(spec["clips"])
     audio_seconds = sum(len(c) for c in clips) / 16000
@@ -185,14 +193,69 @@ def run_profile(spec: dict[str, Any]) -> dict[str, Any]:
     parts["other"] = features_seconds + generate_seconds - sum(parts.values())
     total = features_seconds + generate_seconds
     decode_steps = timer.calls.get("llm_decode", 0)
+    return _profile_report(
+        spec, audio_seconds, total, parts, decode_steps, timer.seconds.get("llm_decode", 0.0)
+    )
+
+
+def run_profile_numpy(spec: dict[str, Any]) -> dict[str, Any]:
+    """The same stages in the NumPy runtime, timed by wrapping its functions."""
+    from threadpoolctl import threadpool_limits
+
+    from asr.runtime import RuntimeModel, numpy_model
+
+    threadpool_limits(spec["threads"])
+    model = RuntimeModel.from_checkpoint(spec["model"])
+    clips = _load_clips(spec["clips"])
+    audio_seconds = sum(len(c) for c in clips) / 16000
+    model.transcribe(clips[:1])  # warm-up (the prompt head's cache included)
+    seconds: dict[str, float] = {}
+    calls: dict[str, int] = {}
+
+    def timed(name: str, fn):
+        def run(*args, **kwargs):
+            part = name if name != "llm" else ("llm_decode" if bool((args[1] == 1).all()) else "llm_prefill")
+            t0 = time.perf_counter()
+            out = fn(*args, **kwargs)
+            seconds[part] = seconds.get(part, 0.0) + time.perf_counter() - t0
+            calls[part] = calls.get(part, 0) + 1
+            return out
+
+        return run
+
+    for name, attr in (
+        ("features", "features"),
+        ("encoder", "whisper_encoder"),
+        ("projector", "project"),
+        ("llm", "llama"),
+    ):
+        setattr(numpy_model, attr, timed(name, getattr(numpy_model, attr)))
+    start = time.perf_counter()
+    for k in range(0, len(clips), spec["batch_size"]):
+        model.transcribe(clips[k : k + spec["batch_size"]])
+    total = time.perf_counter() - start
+    seconds["other"] = total - sum(seconds.values())
+    steps = calls.get("llm_decode", 0)
+    return _profile_report(spec, audio_seconds, total, seconds, steps, seconds.get("llm_decode", 0.0))
+
+
+def _profile_report(
+    spec: dict[str, Any],
+    audio_seconds: float,
+    total: float,
+    parts: dict[str, float],
+    decode_steps: int,
+    decode: float,
+) -> dict[str, Any]:
     return {
+        "runtime": spec.get("runtime", "torch"),
         "batch_size": spec["batch_size"],
         "audio_seconds": round(audio_seconds, 2),
         "total_seconds": round(total, 3),
         "seconds": {k: round(v, 3) for k, v in parts.items()},
         "share": {k: round(v / total, 3) for k, v in parts.items()},
         "decode_steps": decode_steps,
-        "ms_per_decode_step": round(1000 * timer.seconds.get("llm_decode", 0.0) / max(decode_steps, 1), 2),
+        "ms_per_decode_step": round(1000 * decode / max(decode_steps, 1), 2),
     }
 
 
@@ -234,6 +297,8 @@ def _spawn(mode: str, spec: dict[str, Any], timeout: float) -> dict[str, Any]:
 
 
 def _score(result: dict[str, Any], references: list[str]) -> dict[str, Any]:
+    from asr.evaluate import corpus_wer
+
     if "error" in result:
         return result
     texts = result.pop("texts")
@@ -262,17 +327,40 @@ def startup_seconds(command: list[str], threads: int, timeout: float) -> float:
     return elapsed
 
 
-def _startup(model: str, base: dict[str, Any], timeout: float) -> dict[str, float]:
-    """Our model and faster-whisper through ``asr transcribe``, and faster-whisper on its own."""
+def _startup(model: str, base: dict[str, Any], timeout: float, runtimes: tuple[str, ...]) -> dict[str, float]:
+    """Our model (each runtime) and faster-whisper through ``asr transcribe``, and faster-whisper
+    on its own. The NumPy runtime's export is made first (once per checkpoint, as a user's first
+    run does), so this measures the cached path the target is about."""
     clip, threads = base["clips"][0], base["threads"]
 
-    def cli(m: str) -> list[str]:
-        return [sys.executable, "-m", "asr.cli", "transcribe", clip, "--model", m, "--threads", str(threads)]
+    def cli(m: str, *extra: str) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "asr.cli",
+            "transcribe",
+            clip,
+            "--model",
+            m,
+            "--threads",
+            str(threads),
+            *extra,
+        ]
 
+    for runtime in runtimes:
+        subprocess.run(
+            cli(model, "--runtime", runtime), capture_output=True, timeout=timeout, env=_env(threads)
+        )
     spec_file = _write_spec({**base, "model": FASTER_WHISPER, "compute_type": "int8", "startup": True})
     try:
+        ours = {
+            f"asr transcribe (our model, --runtime {r})": round(
+                startup_seconds(cli(model, "--runtime", r), threads, timeout), 2
+            )
+            for r in runtimes
+        }
         return {
-            "asr transcribe (our model)": round(startup_seconds(cli(model), threads, timeout), 2),
+            **ours,
             "asr transcribe --model faster-whisper": round(
                 startup_seconds(cli(FASTER_WHISPER), threads, timeout), 2
             ),
@@ -339,7 +427,8 @@ def format_tables(report: dict[str, Any]) -> str:
             continue
         lines += [
             "",
-            f"Profile of our model, batch {profile['batch_size']} ({profile['total_seconds']:.2f} s total, "
+            f"Profile of our model ({profile['runtime']}), batch {profile['batch_size']} "
+            f"({profile['total_seconds']:.2f} s total, "
             f"{profile['decode_steps']} decode steps, {profile['ms_per_decode_step']} ms each):",
             "| stage | seconds | share |",
             "|---|---|---|",
@@ -362,8 +451,12 @@ def run(
     timeout: float = 900,
     out: str | Path | None = "bench.json",
     longform_manifest: str | Path = LONGFORM_MANIFEST,
+    runtimes: tuple[str, ...] = RUNTIMES,
 ) -> dict[str, Any]:
     """Run the benchmark ``parts`` (see :data:`PARTS`); returns (and optionally saves) the report."""
+    from asr.evaluate import read_manifest
+    from asr.sources import packaged_whisper_dir
+
     rows = read_manifest(manifest, limit=clips)
     references = [r["text"] for r in rows]
     base = {
@@ -373,7 +466,7 @@ def run(
         "options": FASTER_WHISPER_OPTIONS,
         "model_dir": str(packaged_whisper_dir()),
     }
-    specs = [{**base, "model": model, "batch_size": b} for b in batch_sizes]
+    specs = [{**base, "model": model, "batch_size": b, "runtime": r} for r in runtimes for b in batch_sizes]
     specs += [{**base, "model": FASTER_WHISPER, "batch_size": 1, "compute_type": c} for c in compute_types]
     runs = []
     if "runs" in parts:
@@ -391,17 +484,22 @@ def run(
         with tempfile.TemporaryDirectory() as folder:
             path, reference = make_long_file(longform_manifest, LONGFORM_SECONDS, Path(folder))
             long_specs = [
-                {**base, "model": model, "file": str(path), "batch_size": 8},
+                *(
+                    {**base, "model": model, "file": str(path), "batch_size": 8, "runtime": r}
+                    for r in runtimes
+                ),
                 {**base, "model": FASTER_WHISPER, "file": str(path), "batch_size": 8, "compute_type": "int8"},
             ]
             report["longform"] = [_score(_spawn("longform", s, timeout), [reference]) for s in long_specs]
         report["longform_manifest"] = str(longform_manifest)
         report["longform_seconds"] = report["longform"][0].get("audio_seconds", LONGFORM_SECONDS)
     if "startup" in parts:
-        report["startup"] = _startup(model, base, timeout)
+        report["startup"] = _startup(model, base, timeout, runtimes)
     if "profile" in parts:
         report["profile"] = [
-            _spawn("profile", {**base, "model": model, "batch_size": b}, timeout) for b in batch_sizes
+            _spawn("profile", {**base, "model": model, "batch_size": b, "runtime": r}, timeout)
+            for r in runtimes
+            for b in batch_sizes
         ]
     if out is not None:
         Path(out).write_text(json.dumps(report, indent=2) + "\n")
@@ -428,6 +526,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=str(LONGFORM_MANIFEST),
         help="clips joined in order into one long file (default: %(default)s)",
     )
+    parser.add_argument(
+        "--runtimes",
+        nargs="+",
+        choices=RUNTIMES,
+        default=list(RUNTIMES),
+        help="our model's paths (default: both)",
+    )
     parser.add_argument("--out", default="bench.json", help="JSON report path (default: %(default)s)")
 
 
@@ -443,6 +548,7 @@ def main_from_args(args: argparse.Namespace) -> int:
         parts=tuple(args.parts),
         out=args.out,
         longform_manifest=args.longform_manifest,
+        runtimes=tuple(args.runtimes),
     )
     print(format_tables(report))
     print(f"\nsaved {args.out}")

@@ -22,15 +22,12 @@ from pathlib import Path
 
 from asr.inference.longform import WINDOW_SECONDS
 from asr.inference.outputs import FORMATS
-from asr.inference.transcribe import FASTER_WHISPER
+from asr.inference.transcribe import FASTER_WHISPER, RUNTIMES
 
 
-def _set_threads(threads: int | None) -> int:
-    import torch
-
-    threads = threads or os.cpu_count() or 1
-    torch.set_num_threads(threads)
-    return threads
+def _threads(threads: int | None) -> int:
+    """CPU threads for the backends (each applies them: torch's, NumPy's BLAS, CTranslate2's)."""
+    return threads or os.cpu_count() or 1
 
 
 def _model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,13 +48,19 @@ def _model_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-new-tokens", type=int, default=None, help="decoding cap (default: from each batch's duration)"
     )
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    parser.add_argument(
+        "--runtime",
+        default="auto",
+        choices=list(RUNTIMES),
+        help="auto: NumPy (no torch: fast start, small memory) where the checkpoint allows it, else torch (default: auto)",
+    )
     parser.add_argument("--progress", action="store_true", help="show a progress bar")
 
 
 def cmd_transcribe(args: argparse.Namespace) -> int:
     from asr.inference import Transcriber, write_outputs
 
-    threads = _set_threads(args.threads)
+    threads = _threads(args.threads)
     transcriber = Transcriber(
         args.model,
         batch_size=args.batch_size,
@@ -66,6 +69,7 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
         threads=threads,
         max_new_tokens=args.max_new_tokens,
         progress=args.progress,
+        runtime=args.runtime,
     )
     transcripts = transcriber(args.files, context=args.context)
     for t in transcripts:
@@ -86,7 +90,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from asr.evaluate import agreement, evaluate, format_agreement, format_table, read_manifest
     from asr.inference import Transcriber
 
-    threads = _set_threads(args.threads)
+    threads = _threads(args.threads)
     rows = read_manifest(args.manifest, limit=args.limit)
     systems = [args.model] + ([args.compare] if args.compare else [])
     results = []
@@ -97,6 +101,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             num_beams=args.beam,
             compute_type=args.compute_type,
             threads=threads,
+            runtime=args.runtime,
         )
         report = None
         if args.report:
@@ -193,9 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if "--progress" not in argv:  # transformers' "Loading weights" bars on every call, otherwise
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # read when transformers loads
     if argv[:1] == ["trace"]:  # everything after it, --help included, belongs to asr.trace
         return cmd_trace(argv[1:])
     if argv[:1] == ["demo"]:  # the same for asr.demo

@@ -8,16 +8,17 @@ per encoder frame), and the projector stacks ``k`` encoder frames into one LLM p
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-import torch
+if TYPE_CHECKING:  # no torch at run time: the NumPy runtime (asr.runtime) imports this module
+    import torch
 
 SAMPLE_RATE = 16_000
 HOP_LENGTH = 160  # samples per 10 ms log-mel frame
 WHISPER_WINDOW_SECONDS = 30.0
 WHISPER_WINDOW_FRAMES = int(WHISPER_WINDOW_SECONDS * SAMPLE_RATE) // HOP_LENGTH  # 3000 mel frames
 
-N = TypeVar("N", int, torch.Tensor)
+N = TypeVar("N", int, "torch.Tensor")
 
 
 def mel_frames(num_samples: N) -> N:
@@ -37,8 +38,4 @@ def audio_positions(frames: N, stack: int) -> N:
 
 def seconds(mel_lengths: N) -> float:
     """Duration of ``mel_lengths`` log-mel frames (the longest, for a tensor)."""
-    return (
-        float(mel_lengths.max() if isinstance(mel_lengths, torch.Tensor) else mel_lengths)
-        * HOP_LENGTH
-        / SAMPLE_RATE
-    )
+    return float(mel_lengths.max() if hasattr(mel_lengths, "max") else mel_lengths) * HOP_LENGTH / SAMPLE_RATE

@@ -41,6 +41,7 @@ from transformers import (
     WhisperForConditionalGeneration,
 )
 
+from asr.cache import cache_dir
 from asr.config import PACKAGED_SMOLLM2, PACKAGED_WHISPER
 
 PACKAGED_SOURCES = {
@@ -52,12 +53,6 @@ RANDOM = "random"
 
 class SourceError(RuntimeError):
     """A model source cannot be resolved: missing package, bad path, no network."""
-
-
-def cache_dir() -> Path:
-    """Root of converted weights, feature caches and synthetic corpora (``$ASR_CACHE``)."""
-    root = os.environ.get("ASR_CACHE") or Path.home() / ".cache" / "asr"
-    return Path(root)
 
 
 def offline_hint() -> str:

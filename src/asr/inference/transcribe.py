@@ -1,33 +1,39 @@
 """Transcribe files or arrays of any length, in batches, with one error per bad file.
 
-Any backend that turns a batch of <= 30 s clips into text can be plugged in: our model (through
-its processor), or faster-whisper on the packaged Whisper tiny.en (the baseline). Long audio is cut
-into windows and stitched by :mod:`asr.inference.longform`.
+Any backend that turns a batch of <= 30 s clips into text can be plugged in: our model (in NumPy,
+:mod:`asr.runtime`, where the checkpoint allows it; else through torch and its processor), or
+faster-whisper on the packaged Whisper tiny.en (the baseline). Long audio is cut into windows and
+stitched by :mod:`asr.inference.longform`. torch and transformers are imported only by the torch
+backend, so a NumPy-runtime transcription starts in about a second.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
 from asr.audio import SAMPLE_RATE, AudioError, has_speech, load_audio
-from asr.config import ASRConfig
 from asr.inference.longform import OVERLAP_SECONDS, WINDOW_SECONDS, Segment, join_windows, plan_windows
-from asr.modeling import ASRModel
-from asr.processing import ASRProcessor
+
+if TYPE_CHECKING:
+    import torch
+
+    from asr.modeling import ASRModel
+    from asr.processing import ASRProcessor
 
 FASTER_WHISPER = "faster-whisper"
 DEFAULT_CHECKPOINT = Path("checkpoints") / "offline"
 TWO_PASS_CHECKPOINT = Path("checkpoints") / "offline-2pass"
 MODEL_ENV = "ASR_MODEL"
+RUNTIMES = ("auto", "numpy", "torch")
 
 AudioInput = str | Path | bytes | np.ndarray
 
@@ -81,12 +87,37 @@ class ModelBackend:
             self.options["num_beams"] = num_beams
         self.name = name
 
-    @torch.inference_mode()
     def decode(self, clips: list[np.ndarray], contexts: list[str | None], **options: Any) -> list[str]:
         """``options``: per-call ``generate`` keywords over the backend's own
         (:meth:`asr.modeling.ASRModel.transcribe`: a two-pass model's first pass and rescoring
         included)."""
-        return self.model.transcribe(clips, contexts, processor=self.processor, **{**self.options, **options})
+        import torch
+
+        with torch.inference_mode():
+            return self.model.transcribe(
+                clips, contexts, processor=self.processor, **{**self.options, **options}
+            )
+
+
+class RuntimeBackend:
+    """A one-pass checkpoint in NumPy (:class:`asr.runtime.RuntimeModel`): the same greedy
+    transcripts as :class:`ModelBackend` without torch (tests/test_runtime.py)."""
+
+    def __init__(
+        self, checkpoint: str | Path, max_new_tokens: int | None = None, threads: int | None = None
+    ) -> None:
+        from asr.runtime import RuntimeModel
+
+        if threads:
+            from threadpoolctl import threadpool_limits
+
+            threadpool_limits(threads)  # NumPy's BLAS; kept for the process, as torch.set_num_threads
+        self.model = RuntimeModel.from_checkpoint(checkpoint, log=lambda line: print(line, file=sys.stderr))
+        self.max_new_tokens = max_new_tokens
+        self.name = f"{Path(checkpoint).name} (numpy)"
+
+    def decode(self, clips: list[np.ndarray], contexts: list[str | None]) -> list[str]:
+        return self.model.transcribe(clips, contexts, max_new_tokens=self.max_new_tokens)
 
 
 # How the baseline decodes: no timestamps, no conditioning on previous text, no VAD (it sees exactly
@@ -127,10 +158,16 @@ class FasterWhisperBackend:
         return texts
 
 
-def load_model(path: str | Path | None = None, dtype: torch.dtype = torch.float32) -> ASRModel:
+def load_model(path: str | Path | None = None, dtype: torch.dtype | None = None) -> ASRModel:
     """A checkpoint saved by ``ASRModel.save_pretrained`` (default: :func:`default_model`), for
-    inference (LoRA adapters folded into the frozen weights at load, peft not imported); when the
-    default is absent, the untrained offline model, with a warning."""
+    inference (LoRA adapters folded into the frozen weights at load, peft not imported; float32
+    unless ``dtype``); when the default is absent, the untrained offline model, with a warning."""
+    import torch
+
+    from asr.config import ASRConfig
+    from asr.modeling import ASRModel
+
+    dtype = dtype or torch.float32
     path = Path(path) if path is not None else default_model()
     if not (path / "config.json").is_file() and path in (DEFAULT_CHECKPOINT, default_model()):
         warnings.warn(
@@ -143,23 +180,49 @@ def load_model(path: str | Path | None = None, dtype: torch.dtype = torch.float3
     return ASRModel.from_pretrained(path, dtype=dtype, merge_lora=True)
 
 
+def _torch_threads(threads: int | None) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 def load_backend(
     model: str | Path | ASRModel | Backend | None = None,
     num_beams: int | None = None,
     compute_type: str = "int8",
     threads: int | None = None,
     max_new_tokens: int | None = None,
+    runtime: str = "auto",
 ) -> Backend:
     """``faster-whisper``, a checkpoint directory (default: :func:`default_model`), a loaded
-    :class:`ASRModel`, or a ready backend."""
-    if isinstance(model, ASRModel):
-        return ModelBackend(model, num_beams, max_new_tokens)
+    :class:`ASRModel`, or a ready backend.
+
+    ``runtime`` (checkpoint directories): ``auto`` runs a checkpoint in NumPy
+    (:class:`RuntimeBackend`) when :func:`asr.runtime.unsupported` finds nothing against it and
+    the decoding is greedy, else in torch; ``numpy`` insists (an error says why it cannot);
+    ``torch`` is the training stack's own path (:class:`ModelBackend`)."""
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime={runtime!r}: expected one of {', '.join(RUNTIMES)}")
     if model is None or isinstance(model, str | Path):
         if str(model) == FASTER_WHISPER:
             return FasterWhisperBackend(compute_type, num_beams or 1, threads)
         path = Path(model) if model is not None else default_model()
+        if runtime != "torch":
+            from asr.runtime import unsupported
+
+            reason = unsupported(path) or ("beam search" if (num_beams or 1) > 1 else None)
+            if reason is None:
+                return RuntimeBackend(path, max_new_tokens, threads)
+            if runtime == "numpy":
+                raise ValueError(f"--runtime numpy: {reason}")
+        _torch_threads(threads)
         name = path.name if (path / "config.json").is_file() else "asr-llm UNTRAINED"
         return ModelBackend(load_model(path), num_beams, max_new_tokens, name=name)
+    modeling = sys.modules.get("asr.modeling")  # an ASRModel exists only once it is imported
+    if modeling is not None and isinstance(model, modeling.ASRModel):
+        _torch_threads(threads)
+        return ModelBackend(model, num_beams, max_new_tokens)
     return model
 
 
@@ -202,8 +265,9 @@ class Transcriber:
         threads: int | None = None,
         max_new_tokens: int | None = None,
         progress: bool = False,
+        runtime: str = "auto",
     ) -> None:
-        self.backend = load_backend(model, num_beams, compute_type, threads, max_new_tokens)
+        self.backend = load_backend(model, num_beams, compute_type, threads, max_new_tokens, runtime)
         self.batch_size = batch_size
         self.window_seconds = window_seconds
         self.overlap_seconds = overlap_seconds

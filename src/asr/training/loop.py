@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from asr.augment import Augmenter
+from asr.cache import cache_dir
 from asr.config import ASRConfig
 from asr.corpus import (
     AudioDataset,
@@ -47,7 +48,6 @@ from asr.first_pass import first_pass_key
 from asr.generation import DecodingConfig
 from asr.modeling import ASRModel, ASROutput
 from asr.processing import ASRProcessor, PromptConfig
-from asr.sources import cache_dir
 from asr.store import FeatureStore, HypothesisStore, encoder_key
 from asr.training.checkpoint import checkpoints, load_checkpoint, save_checkpoint, save_final
 from asr.training.config import DataConfig, TrainingConfig

