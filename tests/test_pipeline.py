@@ -32,7 +32,8 @@ def saved(tmp_path_factory: pytest.TempPathFactory) -> tuple[asr.ASRModel, Path]
     return model, path
 
 
-def test_import_asr_registers_the_pipeline() -> None:
+def test_the_model_classes_register_the_pipeline() -> None:
+    """``from asr import ASRModel`` (conftest's) registered the tasks (``asr.register``)."""
     tasks = PIPELINE_REGISTRY.to_dict()
     assert tasks["automatic-speech-recognition"]["impl"] is SpeechRecognitionPipeline
     assert tasks[TASK]["impl"] is ASRPipeline

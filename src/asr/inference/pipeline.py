@@ -10,7 +10,9 @@ pipeline by task, not by model type, and its built-in ASR pipeline cannot drive 
 LLM decoder, so :func:`register` wraps that task's entry in :class:`SpeechRecognitionPipeline`,
 which only dispatches: an ``ASRModel`` gets an :class:`ASRPipeline`, every other model the stock
 ``AutomaticSpeechRecognitionPipeline`` itself (the same class, untouched: Whisper checkpoints
-behave exactly as without this package). ``import asr`` calls :func:`register` once; the model
+behave exactly as without this package). :func:`asr.register` calls :func:`register`; it runs on
+the first use of ``asr.ASRModel`` (or any model class ``asr`` exports: ``from asr import
+ASRModel`` is enough), not on ``import asr``, which stays cheap for the NumPy runtime. The model
 classes the task tries are the stock ones (``ASRModel`` is registered with
 ``AutoModelForSpeechSeq2Seq``).
 """

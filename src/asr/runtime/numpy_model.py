@@ -196,19 +196,22 @@ def rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
     return np.concatenate([a * cos - b * sin, b * cos + a * sin], axis=-1)
 
 
-def _attend(
-    q: np.ndarray, keys: np.ndarray, values: np.ndarray, visible: np.ndarray, group: int
-) -> np.ndarray:
-    """Grouped-query attention of one row: q (H, T, D), keys/values (KV, S, D), visible (T, S);
-    query head h reads key/value head h // group. Returns (T, H * D)."""
+def _attend(q: np.ndarray, keys: np.ndarray, values: np.ndarray, bias: np.ndarray, group: int) -> np.ndarray:
+    """Grouped-query attention of one row: q (H, T, D), keys/values (KV, S, D), ``bias`` (T, S):
+    0 where a query may look, -inf elsewhere; query head h reads key/value head h // group.
+    Returns (T, H * D)."""
     h, t, d = q.shape
     kv = keys.shape[0]
     scores = q.reshape(kv, group * t, d) @ keys.transpose(0, 2, 1)
     scores *= np.float32(d**-0.5)
     scores = scores.reshape(kv, group, t, -1)
-    scores += np.where(visible, np.float32(0), np.float32(-np.inf))
+    scores += bias
     out = softmax(scores).reshape(kv, group * t, -1) @ values
     return out.reshape(h, t, d).transpose(1, 0, 2).reshape(t, h * d)
+
+
+def _mask(visible: np.ndarray) -> np.ndarray:
+    return np.where(visible, np.float32(0), np.float32(-np.inf))
 
 
 def llama(x: np.ndarray, lengths: np.ndarray, cache: KVCache, w: Weights, dims: LlamaDims) -> np.ndarray:
@@ -224,9 +227,14 @@ def llama(x: np.ndarray, lengths: np.ndarray, cache: KVCache, w: Weights, dims: 
     positions = np.repeat(start, lengths) + offset  # ... and position in it
     end = start + lengths
     decode = bool((lengths == 1).all())  # one new position per row: attend in one batched product
-    if decode:
+    if decode:  # row r's query sees its slots [0, end[r])
         s = int(end.max())
-        visible = np.arange(s)[None, :] < end[:, None]  # (B, S)
+        bias = _mask(np.arange(s)[None, :] < end[:, None])[:, None, None, :]
+    else:  # causal within each row, after what the cache held
+        biases = [
+            _mask(np.arange(e)[None, :] <= (b + np.arange(t))[:, None])
+            for t, b, e in zip(lengths, start, end, strict=True)
+        ]
     spans = np.cumsum(lengths) - lengths
     group = dims.heads // dims.kv_heads
     q_width, kv_width = dims.heads * dims.head_dim, dims.kv_heads * dims.head_dim
@@ -245,19 +253,13 @@ def llama(x: np.ndarray, lengths: np.ndarray, cache: KVCache, w: Weights, dims: 
             keys, values = cache.k[i][:, :, :s], cache.v[i][:, :, :s]  # (B, KV, S, D)
             qb = q.transpose(1, 0, 2).reshape(n, dims.kv_heads, group, dims.head_dim)
             scores = (qb @ keys.transpose(0, 1, 3, 2)) * np.float32(dims.head_dim**-0.5)
-            scores += np.where(visible, np.float32(0), np.float32(-np.inf))[:, None, None, :]
+            scores += bias
             attn = (softmax(scores) @ values).reshape(n, dims.heads * dims.head_dim)
         else:
             attn = np.concatenate(
                 [
-                    _attend(
-                        q[:, a : a + t],
-                        cache.k[i][r, :, :e],
-                        cache.v[i][r, :, :e],
-                        np.arange(e)[None, :] <= (b + np.arange(t))[:, None],
-                        group,
-                    )
-                    for r, a, t, b, e in zip(rows, spans, lengths, start, end, strict=True)
+                    _attend(q[:, a : a + t], cache.k[i][r, :, :e], cache.v[i][r, :, :e], bias, group)
+                    for r, a, t, e, bias in zip(rows, spans, lengths, end, biases, strict=True)
                 ]
             )
         x = x + attn @ w[p + "o_proj.weight"]
