@@ -455,7 +455,7 @@ def run(
 ) -> dict[str, Any]:
     """Run the benchmark ``parts`` (see :data:`PARTS`); returns (and optionally saves) the report."""
     from asr.evaluate import read_manifest
-    from asr.sources import packaged_whisper_dir
+    from asr.paths import packaged_whisper_dir
 
     rows = read_manifest(manifest, limit=clips)
     references = [r["text"] for r in rows]

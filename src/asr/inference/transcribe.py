@@ -140,7 +140,7 @@ class FasterWhisperBackend:
     def __init__(self, compute_type: str = "int8", num_beams: int = 1, threads: int | None = None) -> None:
         from faster_whisper import WhisperModel
 
-        from asr.sources import packaged_whisper_dir
+        from asr.paths import packaged_whisper_dir
 
         self.model = WhisperModel(
             str(packaged_whisper_dir()), device="cpu", compute_type=compute_type, cpu_threads=threads or 0

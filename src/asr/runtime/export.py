@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from asr.cache import cache_dir
+from asr.paths import cache_dir
 
 FORMAT = 2  # bump when what export() writes changes: old exports are then rebuilt
 FILES = (

@@ -28,7 +28,6 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from asr.augment import Augmenter
-from asr.cache import cache_dir
 from asr.config import ASRConfig
 from asr.corpus import (
     AudioDataset,
@@ -47,6 +46,7 @@ from asr.evaluate import corpus_cer, corpus_wer
 from asr.first_pass import first_pass_key
 from asr.generation import DecodingConfig
 from asr.modeling import ASRModel, ASROutput
+from asr.paths import cache_dir
 from asr.processing import ASRProcessor, PromptConfig
 from asr.store import FeatureStore, HypothesisStore, encoder_key
 from asr.training.checkpoint import checkpoints, load_checkpoint, save_checkpoint, save_final
