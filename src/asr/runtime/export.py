@@ -63,6 +63,12 @@ def unsupported(checkpoint: str | os.PathLike) -> str | None:
         "the padded encoder mode": config.get("encoder_mode") == "padded",
         f"decoder type {decoder.get('model_type')!r}": decoder.get("model_type") != "llama",
         "a rope scaling": rope.get("rope_type", "default") != "default",
+        "biases in the LLM": bool(decoder.get("attention_bias") or decoder.get("mlp_bias")),
+        f"LLM activation {decoder.get('hidden_act')!r}": decoder.get("hidden_act", "silu") != "silu",
+        "an encoder activation other than gelu": config.get("encoder_config", {}).get(
+            "activation_function", "gelu"
+        )
+        != "gelu",
         "beam search": int(generation.get("num_beams", 1)) != 1,
         "n-gram blocking": int(generation.get("no_repeat_ngram_size", 0)) != 0,
     }

@@ -211,6 +211,7 @@ def _attend(q: np.ndarray, keys: np.ndarray, values: np.ndarray, bias: np.ndarra
 
 
 def _mask(visible: np.ndarray) -> np.ndarray:
+    """An additive attention mask: 0 where ``visible``, -inf elsewhere."""
     return np.where(visible, np.float32(0), np.float32(-np.inf))
 
 
@@ -231,7 +232,7 @@ def llama(x: np.ndarray, lengths: np.ndarray, cache: KVCache, w: Weights, dims: 
         s = int(end.max())
         bias = _mask(np.arange(s)[None, :] < end[:, None])[:, None, None, :]
     else:  # causal within each row, after what the cache held
-        biases = [
+        masks = [
             _mask(np.arange(e)[None, :] <= (b + np.arange(t))[:, None])
             for t, b, e in zip(lengths, start, end, strict=True)
         ]
@@ -258,8 +259,8 @@ def llama(x: np.ndarray, lengths: np.ndarray, cache: KVCache, w: Weights, dims: 
         else:
             attn = np.concatenate(
                 [
-                    _attend(q[:, a : a + t], cache.k[i][r, :, :e], cache.v[i][r, :, :e], bias, group)
-                    for r, a, t, e, bias in zip(rows, spans, lengths, end, biases, strict=True)
+                    _attend(q[:, a : a + t], cache.k[i][r, :, :e], cache.v[i][r, :, :e], mask, group)
+                    for r, a, t, e, mask in zip(rows, spans, lengths, end, masks, strict=True)
                 ]
             )
         x = x + attn @ w[p + "o_proj.weight"]
