@@ -111,6 +111,14 @@ def test_mapped_weights_equal_the_file(talking: tuple) -> None:
         assert not mapped[key].flags.writeable  # views of the file, not copies
 
 
+def test_a_damaged_weights_file_is_named(talking: tuple, tmp_path: Path) -> None:
+    data = (talking[1].folder / "weights.safetensors").read_bytes()
+    for name, content in (("cut.safetensors", data[: len(data) // 2]), ("junk.safetensors", b"not weights")):
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(OSError, match=name):
+            map_safetensors(tmp_path / name)
+
+
 def test_unsupported_names_the_reason(tmp_path: Path) -> None:
     assert unsupported(SHIPPED) is None
     reason = unsupported(ROOT / "checkpoints" / "offline-2pass")

@@ -25,8 +25,11 @@ def map_safetensors(path: Path) -> dict[str, np.ndarray]:
     the weights cost their size once (in the page cache, shared by processes) and load instantly."""
     with path.open("rb") as f:
         buffer = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-    (size,) = struct.unpack("<Q", buffer[:8])
-    header = json.loads(buffer[8 : 8 + size])
+    try:
+        (size,) = struct.unpack("<Q", buffer[:8])
+        header = json.loads(buffer[8 : 8 + size])
+    except (struct.error, ValueError) as err:
+        raise OSError(f"{path}: not a safetensors file ({err}); delete its folder to export again") from err
     header.pop("__metadata__", None)
     arrays = {}
     for name, info in header.items():
@@ -35,6 +38,10 @@ def map_safetensors(path: Path) -> dict[str, np.ndarray]:
                 f"{path}: {name} has dtype {info['dtype']}, which the NumPy runtime does not read"
             )
         begin, end = info["data_offsets"]
+        if 8 + size + end > len(buffer):
+            raise OSError(
+                f"{path}: cut short ({name} ends past the file's end); delete its folder to export again"
+            )
         dtype = np.dtype(DTYPES[info["dtype"]])
         arrays[name] = np.frombuffer(
             buffer, dtype=dtype, count=(end - begin) // dtype.itemsize, offset=8 + size + begin
