@@ -9,10 +9,12 @@ any other option; they never touch the weights.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from transformers import GenerationConfig
+if TYPE_CHECKING:  # imported where used: the NumPy runtime reads DecodingConfig without transformers
+    from transformers import GenerationConfig
 
 
 @dataclass
@@ -56,7 +58,13 @@ class DecodingConfig:
             if not ok:
                 raise ValueError(f"generation.{key}: invalid value {getattr(self, key)!r}")
 
+    def max_new_tokens(self, seconds: float) -> int:
+        """The cap on generated tokens for a clip of ``seconds``."""
+        return self.max_new_tokens_base + math.ceil(seconds * self.max_new_tokens_per_second)
+
     def to_generation_config(self) -> GenerationConfig:
+        from transformers import GenerationConfig
+
         return GenerationConfig(do_sample=False, **asdict(self))
 
     @classmethod

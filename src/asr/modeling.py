@@ -551,10 +551,7 @@ class ASRModel(PreTrainedModel):
 
     def max_new_tokens_for(self, mel_lengths: torch.Tensor, decoding: DecodingConfig | None = None) -> int:
         """Decoding cap from the longest clip's duration: stops repetition loops early."""
-        decoding = decoding or self.decoding
-        return decoding.max_new_tokens_base + math.ceil(
-            lengths.seconds(mel_lengths) * decoding.max_new_tokens_per_second
-        )
+        return (decoding or self.decoding).max_new_tokens(lengths.seconds(mel_lengths))
 
     @torch.no_grad()
     def generate(

@@ -84,6 +84,18 @@ class PromptBuilder:
         """The tokens the model writes for ``transcript``: the text, then the end of the turn."""
         return self._encode(transcript.strip() + self.end_of_turn)
 
+    def template(self, context: str | None = None, first_pass: str | None = None) -> tuple[str, str]:
+        """The chat-templated prompt as text, split at the audio placeholder: what comes before the
+        audio positions and what comes after them (the assistant turn opened)."""
+        messages = [{"role": "user", "content": self.user_text(context, first_pass)}]
+        if self.system_prompt:
+            messages.insert(0, {"role": "system", "content": self.system_prompt})
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        before, sep, after = text.partition(self.placeholder)
+        if not sep:
+            raise ValueError("the chat template dropped the audio placeholder")
+        return before, after
+
     def build(
         self,
         n_audio: int,
@@ -94,13 +106,7 @@ class PromptBuilder:
         """Prompt for ``n_audio`` audio positions; with ``transcript`` the target is appended
         (training), without it the prompt ends where the assistant turn begins (generation).
         Context and first pass are part of the prompt, so never part of the labels."""
-        messages = [{"role": "user", "content": self.user_text(context, first_pass)}]
-        if self.system_prompt:
-            messages.insert(0, {"role": "system", "content": self.system_prompt})
-        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        before, sep, after = text.partition(self.placeholder)
-        if not sep:
-            raise ValueError("the chat template dropped the audio placeholder")
+        before, after = self.template(context, first_pass)
         head, tail = self._encode(before), self._encode(after)
         ids = head + [self.audio_token_id] * n_audio + tail
         audio_mask = [False] * len(head) + [True] * n_audio + [False] * len(tail)

@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ import numpy as np
 
 from asr.paths import cache_dir
 
-FORMAT = 2  # bump when what export() writes changes: old exports are then rebuilt
+FORMAT = 3  # bump when what export() writes changes: old exports are then rebuilt
 FILES = (
     "config.json",
     "generation_config.json",
@@ -183,15 +184,9 @@ def weights_of(model: Any) -> dict[str, np.ndarray]:
 def prompt_parts(processor: Any) -> dict[str, str]:
     """The chat-templated prompt around the audio, as text: ``before`` (the same in every prompt),
     ``after``, and ``after_context`` with :data:`CONTEXT_MARK` where a context text goes."""
-    builder = processor.prompt_builder
-    parts: dict[str, str] = {}
-    for key, context in (("after", None), ("after_context", CONTEXT_MARK)):
-        messages = [{"role": "user", "content": builder.user_text(context)}]
-        if builder.system_prompt:
-            messages.insert(0, {"role": "system", "content": builder.system_prompt})
-        text = builder.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        parts["before"], _, parts[key] = text.partition(builder.placeholder)
-    return parts
+    before, after = processor.prompt_builder.template()
+    _, after_context = processor.prompt_builder.template(context=CONTEXT_MARK)
+    return {"before": before, "after": after, "after_context": after_context}
 
 
 def export(checkpoint: str | os.PathLike, out: str | os.PathLike) -> None:
@@ -237,10 +232,6 @@ def export_model(model: Any, out: str | os.PathLike, source: str = "") -> None:
         },
         "prompt": prompt_parts(processor),
         "eos_token_id": int(model.generation_config.eos_token_id),
-        "decoding": {
-            "repetition_penalty": decoding.repetition_penalty,
-            "max_new_tokens_base": decoding.max_new_tokens_base,
-            "max_new_tokens_per_second": decoding.max_new_tokens_per_second,
-        },
+        "decoding": asdict(decoding),
     }
     (out / META).write_text(json.dumps(meta, indent=2) + "\n")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import mmap
 import os
 import struct
@@ -13,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from asr.audio import load_audio
+from asr.generation import DecodingConfig
 from asr.lengths import SAMPLE_RATE, WHISPER_WINDOW_FRAMES, mel_frames, seconds
 from asr.runtime import numpy_model as nm
 from asr.runtime.export import CONTEXT_MARK, META, WEIGHTS, prepare
@@ -66,7 +66,7 @@ class RuntimeModel:
         self.encoder_dims = nm.EncoderDims(**self.meta["encoder"])
         self.llm_dims = nm.LlamaDims(**self.meta["llm"])
         self.eos = int(self.meta["eos_token_id"])
-        self.decoding = self.meta["decoding"]
+        self.decoding = DecodingConfig(**self.meta["decoding"])
         self._head: tuple[nm.KVCache, int] | None = None
         self._tails: dict[str | None, list[int]] = {}
 
@@ -119,11 +119,8 @@ class RuntimeModel:
         return nm.project(frames, self.weights, projector["type"], projector["stack"])
 
     def cap(self, clip: np.ndarray) -> int:
-        """The decoding cap from the clip's duration (``ASRModel.max_new_tokens_for``)."""
-        duration = seconds(max(mel_frames(len(clip)), 1))
-        return self.decoding["max_new_tokens_base"] + math.ceil(
-            duration * self.decoding["max_new_tokens_per_second"]
-        )
+        """The decoding cap from the clip's duration (``DecodingConfig.max_new_tokens``, as in torch)."""
+        return self.decoding.max_new_tokens(seconds(max(mel_frames(len(clip)), 1)))
 
     def generate(
         self,
@@ -145,7 +142,7 @@ class RuntimeModel:
             self.weights,
             self.llm_dims,
             self.eos,
-            repetition_penalty=self.decoding["repetition_penalty"],
+            repetition_penalty=self.decoding.repetition_penalty,
             head=self.head(),
         )
 
