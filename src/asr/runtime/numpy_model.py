@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from asr.lengths import WHISPER_WINDOW_FRAMES
+
 Weights = dict[str, np.ndarray]
 
 # Abramowitz & Stegun 7.1.26: |erf error| < 1.5e-7, below float32's resolution of GELU's output
@@ -84,7 +86,8 @@ def features(audio: np.ndarray, mel_filters: np.ndarray, n_fft: int = 400, hop: 
     """A clip's log-mel frames as the processor gives them: one ``n_fft`` of zeros after the clip
     (so its last frames are those of Whisper's zero-padded window), at most 3000 frames."""
     tail = np.zeros(n_fft, dtype=np.float32)
-    return log_mel(np.concatenate([audio.astype(np.float32), tail]), mel_filters, n_fft, hop)[:, :3000]
+    mel = log_mel(np.concatenate([audio.astype(np.float32), tail]), mel_filters, n_fft, hop)
+    return mel[:, :WHISPER_WINDOW_FRAMES]
 
 
 def conv1d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, stride: int = 1) -> np.ndarray:
