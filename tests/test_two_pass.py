@@ -22,10 +22,11 @@ class FakeFirstPass:
     """Counts its calls; the hypothesis names the clip's length so rows can be told apart."""
 
     def __init__(self) -> None:
-        self.clips = 0
+        self.clips, self.beams = 0, []
 
-    def __call__(self, clips: list[np.ndarray]) -> list[list[str]]:
+    def __call__(self, clips: list[np.ndarray], beam_size: int = 1) -> list[list[str]]:
         self.clips += len(clips)
+        self.beams.append(beam_size)
         return [[f"first pass of {len(c)} samples"] for c in clips]
 
 
@@ -36,7 +37,7 @@ class FixedFirstPass:
     def __init__(self, hypotheses: list[str]) -> None:
         self.hypotheses, self.scored = hypotheses, []
 
-    def __call__(self, clips: list[np.ndarray]) -> list[list[str]]:
+    def __call__(self, clips: list[np.ndarray], beam_size: int = 1) -> list[list[str]]:
         return [[h] for h in self.hypotheses[: len(clips)]]
 
     def score(self, clips: list[np.ndarray], candidates: list[list[str]]) -> list[list[float]]:
@@ -95,6 +96,38 @@ def test_transcribe_runs_the_first_pass_once_per_clip() -> None:
     texts = model.transcribe(clips)
     assert len(texts) == 2
     assert model._first_pass.clips == 2
+
+
+def test_decoding_sets_the_first_pass_beam(tmp_path) -> None:
+    """``generation.first_pass_beam_size`` reaches the first pass of ``transcribe`` (and a call
+    can override it) and is saved with the checkpoint."""
+    model = two_pass_model()
+    clips = [np.random.default_rng(0).standard_normal(16000).astype(np.float32) * 0.1]
+    short = {"max_new_tokens": 2}
+    model.transcribe(clips, **short)
+    model.set_decoding(model.decoding.replace(first_pass_beam_size=5))
+    model.transcribe(clips, **short)
+    model.transcribe(clips, first_pass_beam_size=3, **short)
+    assert model._first_pass.beams == [1, 5, 3]
+    model.save_pretrained(tmp_path / "saved")
+    assert ASRModel.from_pretrained(tmp_path / "saved").decoding.first_pass_beam_size == 5
+    with pytest.raises(ValueError, match="first_pass_beam_size"):
+        model.decoding.replace(first_pass_beam_size=0)
+
+
+@pytest.mark.real
+def test_first_pass_beam_decodes_as_faster_whisper(dev_rows) -> None:
+    """The first pass with a beam of 5 writes what faster-whisper writes with ``beam_size=5``
+    (the same CTranslate2 model and options), and its greedy output what greedy writes."""
+    from asr.inference.transcribe import FasterWhisperBackend
+
+    clips = [load_audio(r["audio"]) for r in dev_rows[:4]]
+    first_pass = CTranslate2FirstPass(threads=2)
+    for beam in (1, 5):
+        ours = [h[0] for h in first_pass(clips, beam_size=beam)]
+        theirs = FasterWhisperBackend(num_beams=beam, threads=2).decode(clips, [None] * len(clips))
+        assert ours == theirs
+    assert len(CTranslate2FirstPass(n_best=2, threads=2)(clips[:1], beam_size=5)[0]) == 2
 
 
 def test_answer_logprobs_match_the_plain_decoder_loss() -> None:
@@ -160,6 +193,7 @@ def test_stored_hypotheses_train_exactly_like_fresh_ones(tmp_path, dev_rows) -> 
 
     def examples_and_calls():
         model = two_pass_model()
+        model.set_decoding(model.decoding.replace(first_pass_beam_size=5))  # decoding only
         store = HypothesisStore(store_root, "fake")
         found = prepare_examples(rows, model, model.processor, BadRows(), hypotheses=store, progress=False)
         return model, found, model._first_pass.clips
@@ -167,6 +201,7 @@ def test_stored_hypotheses_train_exactly_like_fresh_ones(tmp_path, dev_rows) -> 
     model, fresh, calls_fresh = examples_and_calls()
     _, stored, calls_stored = examples_and_calls()
     assert (calls_fresh, calls_stored) == (4, 0)
+    assert set(model._first_pass.beams) == {1}  # training hypotheses are greedy
     assert [e.first_pass for e in fresh] == [e.first_pass for e in stored]
     collate = Collator(model.processor)
     a, b = collate(fresh), collate(stored)

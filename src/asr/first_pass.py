@@ -3,11 +3,11 @@
 Two-pass mode (cross-modal generative error correction, as in Whispering-LLaMA): the frozen Whisper
 that gives the encoder frames also has a decoder trained on 680k hours. Its transcript (or N-best
 list) goes into the prompt after the audio positions, and the LLM writes the corrected transcript
-from both. The first pass decodes each clip in Whisper's own 30 s window, greedy (``n_best=1``) or
-with a beam of ``n_best`` returning all of them, with no timestamps, no previous-text conditioning
-and no temperature fallback: what the faster-whisper baseline decodes.
+from both. The first pass decodes each clip in Whisper's own 30 s window, greedy or with a beam
+(``beam_size``, at least ``n_best``) returning its ``n_best`` best, with no timestamps, no
+previous-text conditioning and no temperature fallback: what the faster-whisper baseline decodes.
 
-Two runners, one interface: ``__call__(clips) -> list[list[str]]``, and
+Two runners, one interface: ``__call__(clips, beam_size=1) -> list[list[str]]``, and
 ``score(clips, candidates) -> list[list[float]]``, Whisper's log-probability of given transcripts
 of each clip (:class:`WhisperScorer`), which two-pass decoding weighs against the LLM's
 (:attr:`asr.generation.DecodingConfig.first_pass_rescore`):
@@ -62,7 +62,7 @@ class CTranslate2FirstPass:
         self.eot = self.tokenizer.token_to_id("<|endoftext|>")
         self._scorer: WhisperScorer | None = None  # loaded on first use
 
-    def __call__(self, clips: Sequence[np.ndarray]) -> list[list[str]]:
+    def __call__(self, clips: Sequence[np.ndarray], beam_size: int = 1) -> list[list[str]]:
         import ctranslate2
         from faster_whisper.audio import pad_or_trim
 
@@ -74,7 +74,7 @@ class CTranslate2FirstPass:
         results = self.model.generate(
             ctranslate2.StorageView.from_array(np.ascontiguousarray(features, dtype=np.float32)),
             [self.prompt] * len(clips),
-            beam_size=self.n_best,
+            beam_size=max(beam_size, self.n_best),
             num_hypotheses=self.n_best,
             max_length=MAX_TOKENS,
             suppress_blank=True,
@@ -107,7 +107,7 @@ class TransformersFirstPass:
         self.n_best = n_best
 
     @torch.inference_mode()
-    def __call__(self, clips: Sequence[np.ndarray]) -> list[list[str]]:
+    def __call__(self, clips: Sequence[np.ndarray], beam_size: int = 1) -> list[list[str]]:
         features = self.processor.feature_extractor(
             [np.asarray(c, dtype=np.float32) for c in clips],
             sampling_rate=SAMPLE_RATE,
@@ -115,7 +115,7 @@ class TransformersFirstPass:
         )["input_features"].to(self.model.device, self.model.dtype)
         ids = self.model.generate(
             features,
-            num_beams=self.n_best,
+            num_beams=max(beam_size, self.n_best),
             num_return_sequences=self.n_best,
             do_sample=False,
             max_new_tokens=MAX_TOKENS // 2,

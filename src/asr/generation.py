@@ -35,6 +35,10 @@ class DecodingConfig:
             alone rewrites correct first passes of native speech it cannot hear better than
             Whisper; Whisper's own score of the rewrite vetoes those. ``0``: the LLM's scores
             alone; ``None``: always the model's answer (plain two-pass decoding).
+        first_pass_beam_size: two-pass models: the beam width of the first pass at inference
+            (its best ``first_pass_n_best`` go into the prompt and the rescoring). Training
+            hypotheses stay as stored (greedy); the shipped two-pass checkpoint, trained on greedy
+            ones, decodes with 5 (LibriSpeech dev 7.41% -> 6.53%, speechocean762 44.95% -> 45.70%).
     """
 
     num_beams: int = 1
@@ -44,6 +48,7 @@ class DecodingConfig:
     max_new_tokens_per_second: float = 8.0
     max_new_tokens_base: int = 16
     first_pass_rescore: float | None = None
+    first_pass_beam_size: int = 1
 
     def __post_init__(self) -> None:
         checks = {
@@ -53,6 +58,7 @@ class DecodingConfig:
             "max_new_tokens_per_second": self.max_new_tokens_per_second > 0,
             "max_new_tokens_base": self.max_new_tokens_base >= 0,
             "first_pass_rescore": self.first_pass_rescore is None or self.first_pass_rescore >= 0,
+            "first_pass_beam_size": self.first_pass_beam_size >= 1,
         }
         for key, ok in checks.items():
             if not ok:

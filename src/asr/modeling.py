@@ -689,9 +689,11 @@ class ASRModel(PreTrainedModel):
         cache.batch_repeat_interleave(len(embeds))
         return cache
 
-    def run_first_pass(self, clips: list[np.ndarray]) -> list[list[str]] | None:
+    def run_first_pass(self, clips: list[np.ndarray], beam_size: int = 1) -> list[list[str]] | None:
         """Two-pass mode: the encoder source's own Whisper decoder on each (checked, 16 kHz)
-        clip, ``first_pass_n_best`` hypotheses each; ``None`` for a one-pass model."""
+        clip, ``first_pass_n_best`` hypotheses each from a beam of ``beam_size`` (greedy: 1, as
+        training stores them; decoding uses ``generation.first_pass_beam_size``); ``None`` for a
+        one-pass model."""
         if self.config.first_pass == "none":
             return None
         if self._first_pass is None:
@@ -699,7 +701,7 @@ class ASRModel(PreTrainedModel):
             self._first_pass = load_first_pass(
                 self.config.encoder_source, self.config.first_pass_n_best, threads=threads
             )
-        return self._first_pass(clips)
+        return self._first_pass(clips, beam_size=beam_size)
 
     @torch.no_grad()
     def transcribe(
@@ -719,10 +721,11 @@ class ASRModel(PreTrainedModel):
                 "no processor attached: load with from_sources/from_pretrained or set_processor()"
             )
         clips = processor.validate(audios)
-        first_pass = self.run_first_pass(clips)
+        decoding = kwargs.get("decoding") or self.decoding
+        beam = kwargs.pop("first_pass_beam_size", decoding.first_pass_beam_size)
+        first_pass = self.run_first_pass(clips, beam)
         inputs = processor(audio=clips, context=context, first_pass=first_pass).to(self.device)
         tokens = self.generate(**inputs, **kwargs)
-        decoding = kwargs.get("decoding") or self.decoding
         weight = kwargs.get("first_pass_rescore", decoding.first_pass_rescore)
         if first_pass is None or weight is None:
             return processor.batch_decode(tokens)

@@ -217,7 +217,8 @@ def trace(
     n_pos, k = int(positions[0]), model.config.projector_stack
     say(f"projector    : {n_pos} positions x {projected.shape[-1]} (k={k}: {k * 20} ms per position)")
 
-    first_pass = model.run_first_pass([samples])  # two-pass models: Whisper's own transcript
+    # two-pass models: Whisper's own transcript, decoded as transcribe() decodes it
+    first_pass = model.run_first_pass([samples], model.decoding.first_pass_beam_size)
     if first_pass:
         say(f"first pass   : {first_pass[0]}")
     prompt = processor.prompts([n_pos], contexts=[context], first_pass=first_pass)
