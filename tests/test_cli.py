@@ -69,6 +69,30 @@ def test_evaluate_command(tmp_path: Path, checkpoint: Path, capsys) -> None:
     assert json.loads(report.read_text())["ref_normalised"] == "hello world"
 
 
+def test_evaluate_compare_beam_sets_only_the_baselines_beam(
+    tmp_path: Path, checkpoint: Path, monkeypatch, capsys
+) -> None:
+    import asr.inference
+
+    beams = []
+
+    class Recording(asr.inference.Transcriber):
+        def __init__(self, system, **kwargs) -> None:
+            beams.append(kwargs["num_beams"])
+            super().__init__(system, **kwargs)
+
+    monkeypatch.setattr(asr.inference, "Transcriber", Recording)
+    sf.write(tmp_path / "a.wav", speechlike(0.1 * np.random.default_rng(3).standard_normal(16000)), 16000)
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps({"audio": "a.wav", "text": "HELLO"}) + "\n")
+    argv = ["evaluate", "--model", str(checkpoint), "--manifest", str(manifest), "--compare", str(checkpoint)]
+    summary = tmp_path / "s.json"
+    options = ["--compare-beam", "2", "--json", str(summary), "--threads", "1", "--max-new-tokens", "3"]
+    assert cli.main([*argv, *options]) == 0
+    assert beams == [1, 2] and len(json.loads(summary.read_text())) == 2
+    assert "same transcript" in capsys.readouterr().out
+
+
 def test_trace_subcommand_is_passed_through(capsys) -> None:
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["trace", "--help"])

@@ -93,12 +93,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     threads = _threads(args.threads)
     rows = read_manifest(args.manifest, limit=args.limit)
     systems = [args.model] + ([args.compare] if args.compare else [])
+    beams = [args.beam, args.beam if args.compare_beam is None else args.compare_beam]
     results = []
     for n, system in enumerate(systems):
         transcriber = Transcriber(
             system,
             batch_size=args.batch_size,
-            num_beams=args.beam,
+            num_beams=beams[n],
             compute_type=args.compute_type,
             threads=threads,
             runtime=args.runtime,
@@ -169,6 +170,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="first N utterances only")
     p.add_argument(
         "--compare", default=None, help=f"a second system on the same audio, e.g. '{FASTER_WHISPER}'"
+    )
+    p.add_argument(
+        "--compare-beam",
+        type=int,
+        default=None,
+        help="the --compare system's beam width (default: --beam), e.g. 5 to compare a two-pass "
+        "model whose first pass decodes with a beam of 5 against that first pass",
     )
     p.add_argument("--report", default=None, help="per-utterance JSONL report path")
     p.add_argument("--json", default=None, help="write the summary rows as JSON here")
