@@ -17,9 +17,9 @@ pytestmark = pytest.mark.real
 # measured on these 24 clips when the checkpoint was shipped (see checkpoints/offline/README.md),
 # plus a margin for CPU numerics; the untrained model scores several hundred percent here.
 # Tighten it whenever a better checkpoint is shipped.
-WER_BOUND = 0.60  # measured 50.4% at shipping (step 750 of experiment=native_ctc_2); 47.4% and 65.9% before
+WER_BOUND = 0.55  # measured 45.2% at shipping (step 600 of experiment=native_aug); 50.4%, 47.4%, 65.9% before
 # the same on 24 clips spread over the LibriSpeech dev speakers: native read English
-NATIVE_WER_BOUND = 0.55  # measured 45.7% at shipping; 52.4% and ~89% for the two shipped before
+NATIVE_WER_BOUND = 0.55  # measured 48.8% at shipping; 45.7%, 52.4% and ~89% for the three shipped before
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "checkpoints" / "offline"
 
@@ -64,11 +64,10 @@ def test_shipped_checkpoint_transcribes_native_english(shipped, shared_data):
 
 
 # Transcripts of the first speechocean762 dev clips, one clip at a time, by the checkpoint as
-# shipped (experiment=native_ctc_2, step 750; the same as step 1,200 of native_ctc): a change that
-# moves code must not move these.
+# shipped (experiment=native_aug, step 600): a change that moves code must not move these.
 AS_SHIPPED = [
-    "mike is going to see a farm",
-    "kate loves chinese",
+    "mckay is going to see a farm",
+    "jack loves chinese",
     "two six four eight",
     "seven three four two",
 ]
@@ -123,6 +122,7 @@ def test_two_pass_checkpoint_transcribes_native_speech(shared_data):
     model = ASRModel.from_pretrained(TWO_PASS).merge_adapters()
     assert model.config.first_pass == "whisper" and model.decoding.repetition_penalty == 1.0
     assert model.decoding.first_pass_rescore == 0.75 and model.processor.target_normalization == "plain"
+    assert model.decoding.first_pass_beam_size == 5
     rows = [json.loads(line) for line in (shared_data / "librispeech.dev.jsonl").read_text().splitlines()]
     rows = rows[::80][:8]  # spread over the dev speakers
     hyps = model.transcribe([load_audio(shared_data / r["audio"]) for r in rows])
