@@ -83,3 +83,9 @@ class DecodingConfig:
 
     def replace(self, **changes: Any) -> DecodingConfig:
         return type(self)(**{**asdict(self), **changes})
+
+    def take(self, kwargs: dict[str, Any]) -> DecodingConfig:
+        """This config with the options found in a call's ``kwargs`` (removed from them) applied:
+        ``generate`` and ``transcribe`` accept any decoding option as a keyword."""
+        overrides = {k: kwargs.pop(k) for k in asdict(self) if k in kwargs}
+        return self.replace(**overrides) if overrides else self

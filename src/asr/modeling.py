@@ -15,7 +15,7 @@ import math
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -575,9 +575,7 @@ class ASRModel(PreTrainedModel):
         or in any batch; positions past a row's cap hold the pad token. With
         ``cache_prompt_head`` (greedy only) the prompt's head, identical in every row, runs through
         the LLM once (:meth:`_prompt_head_cache`)."""
-        decoding = decoding or self.decoding
-        overrides = {k: generate_kwargs.pop(k) for k in asdict(decoding) if k in generate_kwargs}
-        decoding = decoding.replace(**overrides) if overrides else decoding
+        decoding = (decoding or self.decoding).take(generate_kwargs)
         audio, n_audio = self.audio_embeddings(input_features, mel_lengths, encoder_frames, encoder_lengths)
         embeds = self.merge(input_ids, audio_mask, audio, n_audio)
         caps = None
@@ -721,12 +719,11 @@ class ASRModel(PreTrainedModel):
                 "no processor attached: load with from_sources/from_pretrained or set_processor()"
             )
         clips = processor.validate(audios)
-        decoding = kwargs.get("decoding") or self.decoding
-        beam = kwargs.pop("first_pass_beam_size", decoding.first_pass_beam_size)
-        first_pass = self.run_first_pass(clips, beam)
+        decoding = (kwargs.pop("decoding", None) or self.decoding).take(kwargs)
+        first_pass = self.run_first_pass(clips, decoding.first_pass_beam_size)
         inputs = processor(audio=clips, context=context, first_pass=first_pass).to(self.device)
-        tokens = self.generate(**inputs, **kwargs)
-        weight = kwargs.get("first_pass_rescore", decoding.first_pass_rescore)
+        tokens = self.generate(**inputs, decoding=decoding, **kwargs)
+        weight = decoding.first_pass_rescore
         if first_pass is None or weight is None:
             return processor.batch_decode(tokens)
         return self.rescore_first_pass(processor, clips, inputs, tokens, first_pass, weight)
