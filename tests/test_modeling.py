@@ -233,6 +233,19 @@ def test_decoding_cap_follows_audio_length(tiny: ASRModel) -> None:
     assert len(tiny.processor.tokenizer(text, add_special_tokens=False)["input_ids"]) <= 16 + 4 + 2
 
 
+def test_n_best_rows_keep_their_clips_caps(tiny: ASRModel, batch_audio) -> None:
+    """``num_return_sequences`` rows per clip, each capped by its own clip's duration."""
+    inputs = tiny.processor(audio=batch_audio[:2])
+    options = {"num_beams": 3, "suppress_tokens": VISIBLE["suppress_tokens"]}  # no eos: runs to the cap
+    tokens = tiny.generate(**inputs, num_return_sequences=3, **options)
+    assert tokens.shape[0] == 6
+    caps = [tiny.max_new_tokens_for(m[None]) for m in inputs["mel_lengths"]]
+    written = (tokens != tiny.generation_config.pad_token_id).sum(1).tolist()
+    assert written == [caps[0]] * 3 + [caps[1]] * 3
+    best = tiny.generate(**inputs, **options)
+    assert torch.equal(tokens[::3, : best.shape[1]], best)
+
+
 def test_clip_longer_than_30_seconds_is_rejected(tiny: ASRModel) -> None:
     with pytest.raises(ValueError, match="longer than Whisper's 30 s window"):
         tiny.processor.features([np.zeros(30 * SAMPLE_RATE + 200, np.float32)])

@@ -603,8 +603,9 @@ class ASRModel(PreTrainedModel):
                 input_ids, attention_mask, audio_mask, embeds
             )
         tokens = self.decoder.generate(inputs_embeds=embeds, attention_mask=attention_mask, **options)
-        if caps is not None:  # each clip's own cap
-            past = torch.arange(tokens.shape[1], device=tokens.device)[None, :] >= torch.tensor(caps)[:, None]
+        if caps is not None:  # each clip's own cap (num_return_sequences rows per clip)
+            caps = torch.tensor(caps).repeat_interleave(tokens.shape[0] // len(caps))
+            past = torch.arange(tokens.shape[1], device=tokens.device)[None, :] >= caps[:, None]
             tokens = tokens.masked_fill(past.to(tokens.device), self.generation_config.pad_token_id)
         return tokens
 
