@@ -89,7 +89,7 @@ def run_config(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_longform(spec: dict[str, Any]) -> dict[str, Any]:
-    """Our model on one long file: the Transcriber's overlapping windows, ``batch_size`` at a time."""
+    """Our model on one long file: the Transcriber's segments (cut at pauses), ``batch_size`` at a time."""
     transcriber = Transcriber(
         spec["model"],
         batch_size=spec["batch_size"],

@@ -13,7 +13,7 @@ from conftest import manifest_rows, speechlike, tiny_config, tiny_model
 
 from asr.audio import SAMPLE_RATE, load_audio
 from asr.evaluate import corpus_wer, normalize
-from asr.inference import Transcriber, plan_windows, stitch, to_srt, write_outputs
+from asr.inference import Transcriber, pauses, plan_segments, plan_windows, stitch, to_srt, write_outputs
 
 RNG = np.random.default_rng(0)
 
@@ -56,6 +56,44 @@ def test_plan_windows_cover_everything() -> None:
         assert a1 - b0 >= 4 * SAMPLE_RATE  # every seam has at least the 4 s overlap
         assert b1 - b0 <= 28 * SAMPLE_RATE
     assert len(spans) == 4
+
+
+def bursts(pattern: list[tuple[str, float]], seed: int = 0) -> np.ndarray:
+    """Speech-like noise ("s", :func:`speechlike`) and quiet stretches ("q", a -70 dB floor)."""
+    rng = np.random.default_rng(seed)
+    level = {"s": 0.1, "q": 3e-4}
+    parts = [level[kind] * rng.standard_normal(int(seconds * SAMPLE_RATE)) for kind, seconds in pattern]
+    parts = [speechlike(p) if kind == "s" else p for (kind, _), p in zip(pattern, parts, strict=True)]
+    return np.concatenate(parts).astype(np.float32)
+
+
+def test_pauses_are_found_in_the_gaps() -> None:
+    audio = bursts([("s", 3.0), ("q", 0.5), ("s", 2.0), ("q", 0.2), ("s", 2.0), ("q", 0.8), ("s", 1.0)])
+    found = [c / SAMPLE_RATE for c in pauses(audio)]
+    assert len(found) == 2  # the 0.2 s gap is shorter than a pause
+    assert 3.0 < found[0] < 3.5 and 7.7 < found[1] < 8.5
+    assert pauses(np.zeros(100, dtype=np.float32)) == []
+
+
+def test_plan_segments_cut_at_pauses() -> None:
+    """Pieces cut at pauses touch, cover the clip and fit the limit; a clip that fits Whisper's
+    window stays whole; a stretch without pauses gets the overlapping windows."""
+    audio = bursts([("s", 4.5), ("q", 0.5)] * 14)  # 70 s, a pause every 5 s
+    spans = plan_segments(audio)
+    assert spans[0][0] == 0 and spans[-1][1] == len(audio)
+    assert all(b == c for (_, b), (c, _) in zip(spans, spans[1:], strict=False))  # touching, no overlap
+    assert all(b - a <= 20 * SAMPLE_RATE for a, b in spans)
+    assert len(spans) == 4  # 20 s pieces need the pauses every 5 s: 19.75 + 20 + 20 + the rest
+    for _, cut in spans[:-1]:
+        assert cut % (5 * SAMPLE_RATE) >= 4.5 * SAMPLE_RATE  # inside a quiet half second
+    assert plan_segments(audio[: 30 * SAMPLE_RATE]) == [(0, 30 * SAMPLE_RATE)]
+    steady = bursts([("s", 70.0)])
+    assert plan_segments(steady) == plan_windows(len(steady))
+    mixed = bursts([("s", 10.0), ("q", 0.5), ("s", 60.0)])
+    spans = plan_segments(mixed)
+    assert abs(spans[0][1] - 10.25 * SAMPLE_RATE) < 0.1 * SAMPLE_RATE
+    rest = [(a - spans[0][1], b - spans[0][1]) for a, b in spans[1:]]
+    assert rest == plan_windows(len(mixed) - spans[0][1])
 
 
 def windows_of(words: list[str], starts: list[int], size: int) -> tuple[list[str], list[tuple[float, float]]]:
@@ -126,16 +164,19 @@ def long_clip() -> tuple[np.ndarray, list[dict], list[tuple[int, int]]]:
 
 @pytest.mark.shared
 def test_stitch_real_long_clip_from_known_words(long_clip) -> None:
-    """Window transcripts built from the known words (each word placed evenly inside its clip),
-    on the real windows of a > 60 s clip: stitching returns every word exactly once, in order."""
+    """Segment transcripts built from the known words (each word placed evenly inside its clip),
+    on the real segments of a > 60 s clip: they are cut between clips, and joining returns every
+    word exactly once, in order."""
     audio, rows, bounds = long_clip
     timed = []  # (word, start, end) in samples
     for row, (a, b) in zip(rows, bounds, strict=True):
         ws = row["text"].split()
         step = (b - a) / len(ws)
         timed += [(w, a + k * step, a + (k + 1) * step) for k, w in enumerate(ws)]
-    spans = plan_windows(len(audio))
+    spans = plan_segments(audio)
     assert len(spans) >= 3
+    for _, cut in spans[:-1]:  # every cut falls between two clips, none inside one
+        assert not any(a < cut < b for a, b in bounds)
     texts = [" ".join(w for w, s, e in timed if e > a and s < b) for a, b in spans]
     pieces = stitch(texts, spans)
     assert [w for p in pieces for w in p] == [w for w, _, _ in timed]
@@ -144,12 +185,12 @@ def test_stitch_real_long_clip_from_known_words(long_clip) -> None:
 @pytest.mark.real
 @pytest.mark.shared
 def test_long_form_with_faster_whisper(long_clip) -> None:
-    """End to end: faster-whisper transcribes each window, we stitch; the result has about the
+    """End to end: faster-whisper transcribes each segment, we join them; the result has about the
     reference's words, and its WER is close to transcribing the clips one by one."""
     audio, rows, bounds = long_clip
     transcriber = Transcriber("faster-whisper", threads=1)
     [long] = transcriber([audio])
-    assert long.error is None and len(long.segments) == len(plan_windows(len(audio)))
+    assert long.error is None and len(long.segments) == len(plan_segments(audio))
     reference = " ".join(r["text"] for r in rows)
     ref_words, hyp_words = len(normalize(reference).split()), len(normalize(long.text).split())
     assert 0.85 * ref_words <= hyp_words <= 1.15 * ref_words

@@ -20,7 +20,7 @@ import os
 import sys
 from pathlib import Path
 
-from asr.inference.longform import WINDOW_SECONDS
+from asr.inference.longform import SEGMENT_SECONDS
 from asr.inference.outputs import FORMATS
 from asr.inference.transcribe import FASTER_WHISPER, RUNTIMES
 
@@ -157,7 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--format",
         action="append",
         metavar="FMT",
-        help=f"also write files: {', '.join(FORMATS)} (repeat or comma-separate); SRT has one cue per {WINDOW_SECONDS:g} s window",
+        help=f"also write files: {', '.join(FORMATS)} (repeat or comma-separate); SRT has one cue per "
+        f"segment (long audio is cut at pauses into pieces of at most {SEGMENT_SECONDS:g} s)",
     )
     p.add_argument("--output-dir", default=None, help="folder for --format files (default: current folder)")
     p.set_defaults(func=cmd_transcribe)

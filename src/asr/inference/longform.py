@@ -1,7 +1,10 @@
-"""Audio longer than Whisper's 30 s window: overlapping windows, and their transcripts stitched.
+"""Audio longer than Whisper's 30 s window: pieces cut at pauses, and their transcripts joined.
 
-Audio over 30 s is cut into overlapping windows (28 s, 4 s overlap). The model gives no
-timestamps, so the windows' transcripts are joined by aligning their words: the longest run of
+Audio over 30 s is cut at pauses into segments of at most 20 s (:func:`plan_segments`), the way
+faster-whisper's batched pipeline cuts at voice-activity boundaries: no word is split, nothing is
+decoded twice, and each piece is as long as the clips the model was trained on. A stretch with no
+pause is cut into overlapping windows (28 s, 4 s overlap; :func:`plan_windows`). The model gives no
+timestamps, so overlapping windows' transcripts are joined by aligning their words: the longest run of
 words that the end of one window and the start of the next share, searched only in the stretch of
 each that the overlap can hold, is the seam. The left window's words are kept up to the middle of
 that run and the right window's after it, so no word is dropped or doubled. When the two sides
@@ -17,10 +20,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from difflib import SequenceMatcher
 
+import numpy as np
+
 from asr.lengths import SAMPLE_RATE, WHISPER_WINDOW_SECONDS
 
 WINDOW_SECONDS = 28.0
 OVERLAP_SECONDS = 4.0
+SEGMENT_SECONDS = 20.0  # the longest piece cut at pauses: LibriSpeech's longer training clips
+MIN_PAUSE_SECONDS = 0.3
+FRAME = 320  # 20 ms
 
 
 def plan_windows(
@@ -43,6 +51,60 @@ def plan_windows(
         spans.append((start, start + window))
         start += step
     spans.append((max(0, num_samples - window), num_samples))
+    return spans
+
+
+def pauses(audio: np.ndarray, min_pause_seconds: float = MIN_PAUSE_SECONDS) -> list[int]:
+    """Sample positions in the middle of each pause: a run of at least ``min_pause_seconds`` of 20 ms
+    frames quieter than a quarter of the way from the clip's floor (10th percentile of frame energy,
+    at most 50 dB under the loud frames) to its loud frames (95th percentile)."""
+    n = len(audio) // FRAME
+    if n == 0:
+        return []
+    frames = np.asarray(audio[: n * FRAME], dtype=np.float64).reshape(n, FRAME)
+    energy = 10 * np.log10(np.mean(frames**2, axis=1) + 1e-10)
+    floor, loud = np.percentile(energy, [10, 95])
+    floor = max(floor, loud - 50.0)
+    quiet = np.concatenate([[0], (energy < floor + 0.25 * (loud - floor)).astype(np.int8), [0]])
+    edges = np.diff(quiet)
+    starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    need = int(np.ceil(min_pause_seconds * SAMPLE_RATE / FRAME))
+    return [int((a + b) * FRAME // 2) for a, b in zip(starts, ends, strict=True) if b - a >= need]
+
+
+def plan_segments(
+    audio: np.ndarray,
+    segment_seconds: float = SEGMENT_SECONDS,
+    window_seconds: float = WINDOW_SECONDS,
+    overlap_seconds: float = OVERLAP_SECONDS,
+) -> list[tuple[int, int]]:
+    """``(start, end)`` sample ranges covering the clip; one range when it fits Whisper's 30 s window.
+
+    Longer audio is cut at the last pause that keeps a segment within ``segment_seconds``, so
+    consecutive segments touch and share nothing. Where no pause comes in time, the stretch up to
+    the next pause (or the end) gets :func:`plan_windows`' overlapping windows, whose transcripts
+    :func:`stitch` aligns.
+    """
+    n = len(audio)
+    if n <= WHISPER_WINDOW_SECONDS * SAMPLE_RATE:
+        return [(0, n)]
+    limit = int(segment_seconds * SAMPLE_RATE)
+    cuts = pauses(audio)
+    spans: list[tuple[int, int]] = []
+    start = 0
+    while n - start > limit:
+        inside = [c for c in cuts if start < c <= start + limit]
+        if inside:
+            spans.append((start, inside[-1]))
+            start = inside[-1]
+            continue
+        end = next((c for c in cuts if c > start), n)
+        spans += [
+            (start + a, start + b) for a, b in plan_windows(end - start, window_seconds, overlap_seconds)
+        ]
+        start = end
+    if start < n:
+        spans.append((start, n))
     return spans
 
 
@@ -103,7 +165,8 @@ class Segment:
 
 def segments_for(pieces: list[list[str]], spans: list[tuple[float, float]]) -> list[Segment]:
     """One cue per window: from the midpoint of its overlap with the previous window to the midpoint
-    of its overlap with the next (the model gives no word timestamps)."""
+    of its overlap with the next (the model gives no word timestamps); segments cut at a pause
+    touch, so their cues are the segments themselves."""
     segments = []
     for i, (words, (start, end)) in enumerate(zip(pieces, spans, strict=True)):
         cue_start = (start + spans[i - 1][1]) / 2 if i > 0 else start
@@ -114,7 +177,7 @@ def segments_for(pieces: list[list[str]], spans: list[tuple[float, float]]) -> l
 
 
 def join_windows(texts: Sequence[str], spans: Sequence[tuple[int, int]]) -> tuple[str, list[Segment]]:
-    """Windows' transcripts (``spans`` in samples, from :func:`plan_windows`) -> the whole text
+    """Windows' transcripts (``spans`` in samples, from :func:`plan_segments`) -> the whole text
     and one segment per window (times in seconds)."""
     seconds = [(a / SAMPLE_RATE, b / SAMPLE_RATE) for a, b in spans]
     pieces = stitch(texts, seconds)

@@ -27,7 +27,7 @@ from transformers.pipelines.automatic_speech_recognition import AutomaticSpeechR
 from transformers.pipelines.base import ChunkPipeline
 
 from asr.audio import SAMPLE_RATE, has_speech, load_audio
-from asr.inference.longform import join_windows, plan_windows
+from asr.inference.longform import join_windows, plan_segments
 from asr.inference.transcribe import ModelBackend
 from asr.modeling import ASRModel
 from asr.processing import ASRProcessor
@@ -87,7 +87,7 @@ class ASRPipeline(ChunkPipeline):
 
     def preprocess(self, inputs: Any, context: str | None = None):
         audio = _audio_of(inputs)
-        spans = plan_windows(len(audio))
+        spans = plan_segments(audio)
         for n, (start, end) in enumerate(spans):
             yield {
                 "audio": audio[start:end],

@@ -21,7 +21,14 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from asr.audio import SAMPLE_RATE, AudioError, has_speech, load_audio
-from asr.inference.longform import OVERLAP_SECONDS, WINDOW_SECONDS, Segment, join_windows, plan_windows
+from asr.inference.longform import (
+    OVERLAP_SECONDS,
+    SEGMENT_SECONDS,
+    WINDOW_SECONDS,
+    Segment,
+    join_windows,
+    plan_segments,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -259,6 +266,7 @@ class Transcriber:
         model: str | Path | ASRModel | Backend | None = None,
         batch_size: int = 8,
         num_beams: int | None = None,
+        segment_seconds: float = SEGMENT_SECONDS,
         window_seconds: float = WINDOW_SECONDS,
         overlap_seconds: float = OVERLAP_SECONDS,
         compute_type: str = "int8",
@@ -269,6 +277,7 @@ class Transcriber:
     ) -> None:
         self.backend = load_backend(model, num_beams, compute_type, threads, max_new_tokens, runtime)
         self.batch_size = batch_size
+        self.segment_seconds = segment_seconds
         self.window_seconds = window_seconds
         self.overlap_seconds = overlap_seconds
         self.progress = progress
@@ -298,7 +307,7 @@ class Transcriber:
                 results.append(Transcript(source=name, error=str(err)))
                 window_spans.append([])
                 continue
-            spans = plan_windows(len(audio), self.window_seconds, self.overlap_seconds)
+            spans = plan_segments(audio, self.segment_seconds, self.window_seconds, self.overlap_seconds)
             results.append(Transcript(source=name, duration=round(len(audio) / SAMPLE_RATE, 3)))
             window_spans.append(spans)
             jobs += [_Job(i, w, audio[a:b], contexts[i]) for w, (a, b) in enumerate(spans)]
