@@ -89,6 +89,29 @@ def test_greedy_tokens_match_generate_alone_and_batched(talking: tuple) -> None:
     assert runtime.transcribe(clips) == model.transcribe(clips)
 
 
+def test_ctc_guided_tokens_match_generate(tmp_path: Path) -> None:
+    """CTC-guided greedy decoding (``generation.ctc_guide_weight``): the runtime writes the torch
+    path's tokens, and the guide changes what plain greedy writes (the comparison is not vacuous)."""
+    decoder = {**tiny_config().decoder_config, "tie_word_embeddings": False}
+    model = tiny_model(3, decoder_config=decoder, ctc_weight=0.3)
+    clips = [clip(s) for s in (2.0, 3.1, 1.2)]
+    with torch.no_grad():
+        plain = model.transcribe(clips)
+        model.set_decoding(model.decoding.replace(ctc_guide_weight=5.0, ctc_guide_top_k=4))
+        guided = model.transcribe(clips)
+    assert guided != plain
+    export_model(model, tmp_path)
+    runtime = RuntimeModel(tmp_path)
+    assert runtime.decoding.ctc_guide_weight == 5.0
+    assert runtime.transcribe(clips) == guided
+    assert [runtime.transcribe([c])[0] for c in clips] == guided
+    without_head = tiny_model(3, decoder_config=decoder)
+    with pytest.raises(ValueError, match="needs a CTC head"):
+        without_head.transcribe(clips[:1], ctc_guide_weight=1.0)
+    with pytest.raises(ValueError, match="ctc_guide_weight"):
+        model.decoding.replace(num_beams=2)
+
+
 def test_context_prompt_matches_the_prompt_builder(talking: tuple) -> None:
     model, runtime = talking
     builder = model.processor.prompt_builder

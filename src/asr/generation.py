@@ -39,6 +39,10 @@ class DecodingConfig:
             (its best ``first_pass_n_best`` go into the prompt and the rescoring). Training
             hypotheses stay as stored (greedy); the shipped two-pass checkpoint, trained on greedy
             ones, decodes with 5 (LibriSpeech dev 7.41% -> 6.53%, speechocean762 44.95% -> 45.70%).
+        ctc_guide_weight: greedy decoding of a model with a CTC head (``model.ctc_weight`` > 0):
+            each step's ``ctc_guide_top_k`` likeliest tokens are re-ranked by ``LLM log-prob +
+            ctc_guide_weight * CTC prefix-score gain`` (:mod:`asr.ctc_guide`), so the audio's own
+            read-out vetoes words it does not hold. ``0`` switches it off.
     """
 
     num_beams: int = 1
@@ -49,6 +53,8 @@ class DecodingConfig:
     max_new_tokens_base: int = 16
     first_pass_rescore: float | None = None
     first_pass_beam_size: int = 1
+    ctc_guide_weight: float = 0.0
+    ctc_guide_top_k: int = 5
 
     def __post_init__(self) -> None:
         checks = {
@@ -59,6 +65,9 @@ class DecodingConfig:
             "max_new_tokens_base": self.max_new_tokens_base >= 0,
             "first_pass_rescore": self.first_pass_rescore is None or self.first_pass_rescore >= 0,
             "first_pass_beam_size": self.first_pass_beam_size >= 1,
+            "ctc_guide_weight": self.ctc_guide_weight >= 0
+            and (self.ctc_guide_weight == 0 or self.num_beams == 1),
+            "ctc_guide_top_k": self.ctc_guide_top_k >= 1,
         }
         for key, ok in checks.items():
             if not ok:

@@ -41,6 +41,7 @@ from transformers.models.whisper.modeling_whisper import WhisperEncoder
 from asr import lengths, sources
 from asr.config import ASRConfig
 from asr.ctc import CTCHead
+from asr.ctc_guide import CTCPrefixScorer, best, guided_scores, log_softmax
 from asr.encoder import AudioEncoder
 from asr.first_pass import FirstPass, load_first_pass
 from asr.generation import DecodingConfig
@@ -141,6 +142,33 @@ class GeneratedRepetitionPenalty(LogitsProcessor):
         picked = scores.gather(1, input_ids)
         picked = torch.where(picked < 0, picked * self.penalty, picked / self.penalty)
         return scores.scatter(1, input_ids, picked)
+
+
+class CTCGuide(LogitsProcessor):
+    """CTC-guided greedy decoding (:mod:`asr.ctc_guide`): each row's ``top_k`` likeliest tokens
+    keep their joint LLM + CTC score, every other token -inf. Runs after the repetition penalty,
+    as the NumPy runtime's greedy does; a row's scorer advances by the token chosen last step."""
+
+    def __init__(self, scorers: list[CTCPrefixScorer], weight: float, top_k: int, eos: int) -> None:
+        self.scorers, self.weight, self.top_k, self.eos = scorers, weight, top_k, eos
+        self.ended = [False] * len(scorers)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        out = torch.full_like(scores, float("-inf"))
+        rows = log_softmax(scores.float().cpu().numpy())
+        for i, scorer in enumerate(self.scorers):
+            if input_ids.shape[1] and not self.ended[i]:
+                token = int(input_ids[i, -1])
+                if token == self.eos:
+                    self.ended[i] = True
+                else:
+                    scorer.advance(token)
+            if self.ended[i]:  # a finished row's tokens are padding: any will do
+                out[i] = scores[i]
+                continue
+            joint = guided_scores(rows[i], scorer, self.weight, self.top_k, self.eos)
+            out[i, best(joint)] = 0.0
+        return out
 
 
 @dataclass
@@ -586,6 +614,10 @@ class ASRModel(PreTrainedModel):
         processors = LogitsProcessorList(generate_kwargs.pop("logits_processor", None) or [])
         if decoding.repetition_penalty != 1.0:
             processors.append(GeneratedRepetitionPenalty(decoding.repetition_penalty))
+        if decoding.ctc_guide_weight:
+            scorers = self.ctc_scorers(audio, n_audio)
+            eos = self.generation_config.eos_token_id
+            processors.append(CTCGuide(scorers, decoding.ctc_guide_weight, decoding.ctc_guide_top_k, eos))
         options = {
             "max_new_tokens": max_new_tokens,
             "num_beams": decoding.num_beams,
@@ -608,6 +640,23 @@ class ASRModel(PreTrainedModel):
             past = torch.arange(tokens.shape[1], device=tokens.device)[None, :] >= caps[:, None]
             tokens = tokens.masked_fill(past.to(tokens.device), self.generation_config.pad_token_id)
         return tokens
+
+    def ctc_scorers(self, audio: torch.Tensor, n_audio: torch.Tensor) -> list[CTCPrefixScorer]:
+        """One CTC prefix scorer per row of projected audio (B, P, width), for CTC-guided decoding."""
+        if self.ctc_head is None:
+            raise ValueError(
+                "generation.ctc_guide_weight needs a CTC head: this model was built with model.ctc_weight 0"
+            )
+        embeddings = self.decoder.get_output_embeddings().weight.detach().float().cpu().numpy()
+        head = self.ctc_head
+        blank_weight = head.blank.weight.detach().float().cpu().numpy()[0]
+        blank_bias, log_scale = float(head.blank.bias[0]), float(head.log_scale)
+        return [
+            CTCPrefixScorer(
+                row[: int(n)].float().cpu().numpy(), embeddings, blank_weight, blank_bias, log_scale
+            )
+            for row, n in zip(audio, n_audio, strict=True)
+        ]
 
     @torch.no_grad()
     def answer_logprobs(

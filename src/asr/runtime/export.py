@@ -9,7 +9,8 @@ temporary folder and renamed, so a killed export leaves nothing half-written.
 
 :func:`unsupported` says, from the checkpoint's json files alone, why a checkpoint needs the torch
 path: two-pass models (Whisper's decoder and the rescoring run in torch), beam search, n-gram
-blocking, the padded encoder mode, a decoder other than a standard Llama, other projectors.
+blocking, the padded encoder mode, a decoder other than a standard Llama, other projectors, CTC
+guidance without a CTC head.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import numpy as np
 
 from asr.paths import cache_dir
 
-FORMAT = 3  # bump when what export() writes changes: old exports are then rebuilt
+FORMAT = 4  # bump when what export() writes changes: old exports are then rebuilt
 FILES = (
     "config.json",
     "generation_config.json",
@@ -72,6 +73,9 @@ def unsupported(checkpoint: str | os.PathLike) -> str | None:
         != "gelu",
         "beam search": int(generation.get("num_beams", 1)) != 1,
         "n-gram blocking": int(generation.get("no_repeat_ngram_size", 0)) != 0,
+        "CTC guidance without a CTC head (model.ctc_weight 0)": float(generation.get("ctc_guide_weight") or 0)
+        > 0
+        and not config.get("ctc_weight"),
     }
     found = [reason for reason, hit in reasons.items() if hit]
     return f"{path}: the NumPy runtime does not run {', '.join(found)}" if found else None
@@ -178,6 +182,11 @@ def weights_of(model: Any) -> dict[str, np.ndarray]:
     _copy(proj, out, "norm.weight", "projector.norm.weight")
     _copy(proj, out, "norm.bias", "projector.norm.bias")
     _llm_weights(model.decoder, out)
+    if model.ctc_head is not None:  # CTC-guided decoding's head (asr.ctc_guide)
+        head = model.ctc_head
+        out["ctc.blank.weight"] = head.blank.weight.detach().float().numpy()[0]
+        out["ctc.blank.bias"] = head.blank.bias.detach().float().numpy()
+        out["ctc.log_scale"] = head.log_scale.detach().float().numpy().reshape(1)
     return out
 
 

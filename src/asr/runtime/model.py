@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from asr.audio import load_audio
+from asr.ctc_guide import CTCPrefixScorer
 from asr.generation import DecodingConfig
 from asr.lengths import SAMPLE_RATE, WHISPER_WINDOW_FRAMES, mel_frames, seconds
 from asr.runtime import numpy_model as nm
@@ -131,9 +132,10 @@ class RuntimeModel:
         """Token ids of each clip's answer (ending with the end-of-turn id unless capped)."""
         contexts = contexts or [None] * len(clips)
         embed = self.weights["llm.embed_tokens.weight"]
+        audio = [self.audio_vectors(clip) for clip in clips]
         prompts = [
-            np.concatenate([self.audio_vectors(clip), embed[self.tail(context)]])
-            for clip, context in zip(clips, contexts, strict=True)
+            np.concatenate([vectors, embed[self.tail(context)]])
+            for vectors, context in zip(audio, contexts, strict=True)
         ]
         caps = [max_new_tokens or self.cap(clip) for clip in clips]
         return nm.greedy(
@@ -144,7 +146,18 @@ class RuntimeModel:
             self.eos,
             repetition_penalty=self.decoding.repetition_penalty,
             head=self.head(),
+            guide=self.guide(audio),
         )
+
+    def guide(self, audio: list[np.ndarray]) -> tuple[list[CTCPrefixScorer], float, int] | None:
+        """CTC-guided decoding's scorers, one per clip's audio vectors (``None`` when it is off)."""
+        weight = self.decoding.ctc_guide_weight
+        if not weight:
+            return None
+        w = self.weights
+        lm_head = w.get("llm.lm_head.weight", w["llm.embed_tokens.weight"])
+        head = (w["ctc.blank.weight"], float(w["ctc.blank.bias"][0]), float(w["ctc.log_scale"][0]))
+        return [CTCPrefixScorer(a, lm_head, *head) for a in audio], weight, self.decoding.ctc_guide_top_k
 
     def transcribe(
         self,

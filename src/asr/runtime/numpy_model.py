@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from asr.ctc_guide import CTCPrefixScorer, best, guided_scores, log_softmax
 from asr.lengths import WHISPER_WINDOW_FRAMES
 
 Weights = dict[str, np.ndarray]
@@ -274,6 +275,36 @@ def llama(x: np.ndarray, lengths: np.ndarray, cache: KVCache, w: Weights, dims: 
     return rms_norm(x, w["llm.norm.weight"], dims.rms_norm_eps)
 
 
+def next_tokens(
+    logits: np.ndarray,
+    written: list[list[int]],
+    eos: int,
+    repetition_penalty: float = 1.0,
+    guide: tuple[list[CTCPrefixScorer], float, int] | None = None,
+) -> np.ndarray:
+    """One greedy step: each row's next token from its logits (B, V) after its ``written`` tokens;
+    a guided row's scorer advances by its token."""
+    if repetition_penalty != 1.0:
+        for j, seen in enumerate(written):
+            if seen:
+                seen = np.unique(seen)
+                picked = logits[j, seen]
+                logits[j, seen] = np.where(
+                    picked < 0, picked * repetition_penalty, picked / repetition_penalty
+                )
+    if guide is None:
+        return logits.argmax(-1)
+    scorers, weight, top_k = guide
+    rows = log_softmax(logits)
+    tokens = np.array(
+        [best(guided_scores(row, s, weight, top_k, eos)) for row, s in zip(rows, scorers, strict=True)]
+    )
+    for token, scorer in zip(tokens.tolist(), scorers, strict=True):
+        if token != eos:
+            scorer.advance(token)
+    return tokens
+
+
 def greedy(
     prompts: list[np.ndarray],
     caps: list[int],
@@ -282,11 +313,14 @@ def greedy(
     eos: int,
     repetition_penalty: float = 1.0,
     head: tuple[KVCache, int] | None = None,
+    guide: tuple[list[CTCPrefixScorer], float, int] | None = None,
 ) -> list[list[int]]:
     """Greedy decoding after each row's prompt embeddings (P_b, width), at most ``caps[b]`` tokens,
     ending at ``eos`` (kept). CTRL's repetition penalty applies to the tokens each row has
     generated (as ``asr.modeling.GeneratedRepetitionPenalty``). ``head``: a one-row cache of the
-    positions every prompt starts with, and how many they are; the prompts then hold the rest."""
+    positions every prompt starts with, and how many they are; the prompts then hold the rest.
+    ``guide``: each row's CTC prefix scorer, the weight and top-k of CTC-guided decoding
+    (:mod:`asr.ctc_guide`, after the penalty, as ``asr.modeling.CTCGuide``)."""
     n = len(prompts)
     embed = w["llm.embed_tokens.weight"]
     lm_head = w.get("llm.lm_head.weight", embed)  # tied (SmolLM2) or its own
@@ -301,16 +335,8 @@ def greedy(
     out: list[list[int]] = [[] for _ in range(n)]
     live = np.arange(n)  # rows still decoding
     while True:
-        logits = hidden @ lm_head.T
-        if repetition_penalty != 1.0:
-            for j, r in enumerate(live):
-                seen = np.unique(out[r]) if out[r] else None
-                if seen is not None:
-                    picked = logits[j, seen]
-                    logits[j, seen] = np.where(
-                        picked < 0, picked * repetition_penalty, picked / repetition_penalty
-                    )
-        tokens = logits.argmax(-1)
+        live_guide = None if guide is None else ([guide[0][r] for r in live], *guide[1:])
+        tokens = next_tokens(hidden @ lm_head.T, [out[r] for r in live], eos, repetition_penalty, live_guide)
         keep = []
         for j, r in enumerate(live):
             out[r].append(int(tokens[j]))
