@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
@@ -144,6 +145,10 @@ def setup_accelerator(cfg: TrainingConfig) -> Accelerator:
     """Threads, the accelerator (DDP when launched by torchrun/accelerate) and the seeds."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    # a fresh accelerator state for each run (the process's distributed state is kept): accelerate
+    # refuses a second Accelerator with another precision, which a notebook or a test that trains
+    # twice in one process asks for on a CPU where "auto" means bf16
+    AcceleratorState._reset_state(reset_partial_state=False)
     accelerator = Accelerator(
         gradient_accumulation_steps=cfg.grad_accum,
         mixed_precision=_mixed_precision(cfg.mixed_precision),
