@@ -167,12 +167,18 @@ def is_silent(samples: np.ndarray) -> bool:
     return float(np.sqrt(np.mean(np.square(samples, dtype=np.float64)))) < SILENCE_RMS
 
 
+def frame_energy_db(samples: np.ndarray, frame: int = 320) -> np.ndarray:
+    """Mean energy of each whole ``frame``-sample frame (20 ms by default), in dB; a clip shorter
+    than one frame is one frame (its samples repeated)."""
+    n = max(len(samples) // frame, 1)
+    frames = np.resize(np.asarray(samples, dtype=np.float64), n * frame).reshape(n, frame)
+    return 10 * np.log10(np.mean(frames**2, axis=1) + 1e-10)
+
+
 def loudness_range_db(samples: np.ndarray, frame: int = 320) -> float:
     """How much louder a clip's loud 20 ms frames are than its quiet ones (95th - 10th
     percentile of frame energy, in dB)."""
-    n = max(len(samples) // frame, 1)
-    frames = np.resize(np.asarray(samples, dtype=np.float64), n * frame).reshape(n, frame)
-    energy = 10 * np.log10(np.mean(frames**2, axis=1) + 1e-10)
+    energy = frame_energy_db(samples, frame)
     return float(np.percentile(energy, 95) - np.percentile(energy, 10))
 
 

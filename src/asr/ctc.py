@@ -17,6 +17,7 @@ for an auxiliary loss whose job is alignment, which in-batch contrast already as
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -36,6 +37,12 @@ class CTCHead(nn.Module):
         audio = audio.float()
         tokens = audio @ embeddings.float().T * self.log_scale.exp()
         return torch.cat([tokens, self.blank(audio)], dim=-1).log_softmax(-1)
+
+    def guide_parameters(self) -> tuple[np.ndarray, float, float]:
+        """``(blank weight (width,), blank bias, log scale)`` in NumPy: what CTC-guided decoding
+        (:class:`asr.ctc_guide.CTCPrefixScorer`) reads, in torch and in the runtime's export."""
+        weight = self.blank.weight.detach().float().cpu().numpy()[0]
+        return weight, float(self.blank.bias[0]), float(self.log_scale)
 
     def loss(
         self,

@@ -648,13 +648,9 @@ class ASRModel(PreTrainedModel):
                 "generation.ctc_guide_weight needs a CTC head: this model was built with model.ctc_weight 0"
             )
         embeddings = self.decoder.get_output_embeddings().weight.detach().float().cpu().numpy()
-        head = self.ctc_head
-        blank_weight = head.blank.weight.detach().float().cpu().numpy()[0]
-        blank_bias, log_scale = float(head.blank.bias[0]), float(head.log_scale)
+        head = self.ctc_head.guide_parameters()
         return [
-            CTCPrefixScorer(
-                row[: int(n)].float().cpu().numpy(), embeddings, blank_weight, blank_bias, log_scale
-            )
+            CTCPrefixScorer(row[: int(n)].float().cpu().numpy(), embeddings, *head)
             for row, n in zip(audio, n_audio, strict=True)
         ]
 

@@ -22,6 +22,7 @@ from difflib import SequenceMatcher
 
 import numpy as np
 
+from asr.audio import frame_energy_db
 from asr.lengths import SAMPLE_RATE, WHISPER_WINDOW_SECONDS
 
 WINDOW_SECONDS = 28.0
@@ -58,11 +59,7 @@ def pauses(audio: np.ndarray, min_pause_seconds: float = MIN_PAUSE_SECONDS) -> l
     """Sample positions in the middle of each pause: a run of at least ``min_pause_seconds`` of 20 ms
     frames quieter than a quarter of the way from the clip's floor (10th percentile of frame energy,
     at most 50 dB under the loud frames) to its loud frames (95th percentile)."""
-    n = len(audio) // FRAME
-    if n == 0:
-        return []
-    frames = np.asarray(audio[: n * FRAME], dtype=np.float64).reshape(n, FRAME)
-    energy = 10 * np.log10(np.mean(frames**2, axis=1) + 1e-10)
+    energy = frame_energy_db(audio, FRAME)
     floor, loud = np.percentile(energy, [10, 95])
     floor = max(floor, loud - 50.0)
     quiet = np.concatenate([[0], (energy < floor + 0.25 * (loud - floor)).astype(np.int8), [0]])

@@ -183,10 +183,10 @@ def weights_of(model: Any) -> dict[str, np.ndarray]:
     _copy(proj, out, "norm.bias", "projector.norm.bias")
     _llm_weights(model.decoder, out)
     if model.ctc_head is not None:  # CTC-guided decoding's head (asr.ctc_guide)
-        head = model.ctc_head
-        out["ctc.blank.weight"] = head.blank.weight.detach().float().numpy()[0]
-        out["ctc.blank.bias"] = head.blank.bias.detach().float().numpy()
-        out["ctc.log_scale"] = head.log_scale.detach().float().numpy().reshape(1)
+        weight, bias, log_scale = model.ctc_head.guide_parameters()
+        out["ctc.blank.weight"] = weight
+        out["ctc.blank.bias"] = np.array([bias], dtype=np.float32)
+        out["ctc.log_scale"] = np.array([log_scale], dtype=np.float32)
     return out
 
 
