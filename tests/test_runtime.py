@@ -23,6 +23,7 @@ from asr.runtime.model import map_safetensors
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "checkpoints" / "offline"
+TWO_PASS = ROOT / "checkpoints" / "offline-2pass"
 RNG = np.random.default_rng(0)
 
 
@@ -149,16 +150,23 @@ def test_a_damaged_weights_file_is_named(talking: tuple, tmp_path: Path) -> None
 
 def test_unsupported_names_the_reason(tmp_path: Path) -> None:
     assert unsupported(SHIPPED) is None
-    reason = unsupported(ROOT / "checkpoints" / "offline-2pass")
-    assert reason and "two-pass" in reason
+    assert unsupported(TWO_PASS) is None
     assert "no config.json" in unsupported(tmp_path)
     config = json.loads((SHIPPED / "config.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps({**config, "projector_type": "conv_mlp"}))
     (tmp_path / "generation_config.json").write_text(json.dumps({"num_beams": 4}))
     reason = unsupported(tmp_path)
     assert "'conv_mlp'" in reason and "beam search" in reason
-    with pytest.raises(ValueError, match="two-pass"):
-        load_backend(ROOT / "checkpoints" / "offline-2pass", runtime="numpy")
+    two_pass = json.loads((TWO_PASS / "config.json").read_text())
+    (tmp_path / "generation_config.json").write_text("{}")
+    for change, words in (
+        ({"encoder_source": "openai/whisper-tiny.en"}, "not the packaged Whisper"),
+        ({"encoder_lora": {"r": 8}}, "LoRA on its encoder"),
+    ):
+        (tmp_path / "config.json").write_text(json.dumps({**two_pass, **change}))
+        assert words in unsupported(tmp_path)
+        with pytest.raises(ValueError, match=words):
+            load_backend(tmp_path, runtime="numpy")
 
 
 def test_fingerprint_follows_the_checkpoint_content(tmp_path: Path) -> None:
@@ -186,6 +194,7 @@ def test_backend_choice(talking: tuple) -> None:
     backend = load_backend(SHIPPED)  # auto: the shipped checkpoint runs in NumPy
     assert isinstance(backend, RuntimeBackend) and backend.name == "offline (numpy)"
     assert not isinstance(load_backend(SHIPPED, num_beams=2), RuntimeBackend)
+    assert isinstance(load_backend(TWO_PASS), RuntimeBackend)  # the default model, too
     with pytest.raises(ValueError, match="runtime="):
         load_backend(SHIPPED, runtime="onnx")
 
@@ -201,3 +210,99 @@ def test_shipped_checkpoint_same_transcripts_as_torch(shared_data: Path) -> None
     torch_texts = [t.text for t in Transcriber(SHIPPED, runtime="torch")(clips)]
     assert runtime.transcribe(clips) == torch_texts
     assert [runtime.transcribe([c])[0] for c in clips[:3]] == torch_texts[:3]
+
+
+def test_llm_answer_logprobs_match_torch(talking: tuple) -> None:
+    """Two-pass rescoring's LLM side: the summed log-probability of given answers after each
+    clip's prompt, as ``ASRModel.answer_logprobs`` computes it (rows of different lengths)."""
+    model, runtime = talking
+    clips = [clip(s) for s in (1.5, 2.6)]
+    answers = [
+        runtime._encode("one two three") + [runtime.eos],
+        runtime._encode("a longer answer, here") + [2],
+    ]
+    inputs = model.processor(audio=clips)
+    with torch.no_grad():
+        audio, n_audio = model.audio_embeddings(inputs["input_features"], inputs["mel_lengths"])
+        ref = model.answer_logprobs(
+            inputs["input_ids"], inputs["attention_mask"], inputs["audio_mask"], audio, n_audio, answers
+        )
+    _, prompts = runtime.prompts(clips)
+    w, dims, head = runtime.weights, runtime.llm_dims, runtime.head()
+    ours = numpy_model.answer_logprobs(prompts, [[a] for a in answers], w, dims, head=head)
+    np.testing.assert_allclose([s for (s,) in ours], ref.numpy(), rtol=1e-4)
+    # several answers per prompt share its keys/values; a one-token answer (only the end) too
+    shared = numpy_model.answer_logprobs(prompts, [answers + [[2]], answers[::-1]], w, dims, head=head)
+    alone = numpy_model.answer_logprobs([prompts[0]], [[[2]]], w, dims, head=head)[0][0]
+    np.testing.assert_allclose(shared[0][:2], ref.numpy(), rtol=1e-4)
+    assert shared[0][2] == pytest.approx(alone, rel=1e-5)
+    assert shared[1][0] == pytest.approx(float(ref[1]), rel=1e-4)
+
+
+def test_whisper_decoder_logprobs_match_torch() -> None:
+    """Two-pass rescoring's Whisper side on a small random Whisper: the teacher-forced sum of
+    log-probabilities after the start tokens equals transformers' decoder's."""
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+    from asr.runtime.export import _whisper_decoder_weights
+
+    torch.manual_seed(0)
+    config = WhisperConfig(
+        d_model=64, encoder_layers=1, encoder_attention_heads=4, decoder_layers=2, decoder_attention_heads=4,
+        encoder_ffn_dim=128, decoder_ffn_dim=128, vocab_size=300, max_target_positions=32,
+        pad_token_id=0, bos_token_id=0, eos_token_id=0, decoder_start_token_id=1,
+    )  # fmt: skip
+    whisper = WhisperForConditionalGeneration(config).eval()
+    weights: dict[str, np.ndarray] = {}
+    _whisper_decoder_weights(whisper.model.decoder, weights)
+    encoded = RNG.standard_normal((50, 64)).astype(np.float32)
+    sequences = [[1, 2, 40, 41, 42, 0], [1, 2, 0], [1, 2, 7, 250, 9, 9, 9, 13, 0]]
+    ours = numpy_model.whisper_decoder_logprobs(encoded, sequences, 2, weights, numpy_model.EncoderDims(2, 4))
+    for seq, got in zip(sequences, ours, strict=True):
+        ids = torch.tensor([seq])
+        with torch.no_grad():
+            logits = whisper(
+                encoder_outputs=(torch.from_numpy(encoded)[None],), decoder_input_ids=ids[:, :-1]
+            ).logits
+        logprobs = logits[0].log_softmax(-1).gather(1, ids[0, 1:, None])[:, 0]
+        assert got == pytest.approx(float(logprobs[1:].sum()), rel=1e-4, abs=1e-4)
+
+
+@pytest.fixture(scope="module")
+def two_pass_runtime() -> RuntimeModel:
+    return RuntimeModel(prepare(TWO_PASS), threads=2)
+
+
+def test_two_pass_whisper_scores_match_torch(two_pass_runtime: RuntimeModel) -> None:
+    """The shipped two-pass model's Whisper scores (the packaged tiny.en: features of the clip's
+    30 s window, encoder, decoder) against ``WhisperScorer``; empty text included."""
+    from asr.first_pass import WhisperScorer
+    from asr.paths import PACKAGED_WHISPER
+
+    c = clip(2.5)
+    texts = ["hello world", "", "the cat sat on the mat"]
+    ref = WhisperScorer.from_source(PACKAGED_WHISPER)([c], [texts])[0]
+    np.testing.assert_allclose(two_pass_runtime.whisper_scores(c, texts), ref, rtol=1e-3, atol=1e-2)
+
+
+def test_two_pass_checkpoint_same_transcripts_as_torch(
+    two_pass_runtime: RuntimeModel, dev_rows: list
+) -> None:
+    """The default model (two-pass) on 8 real speechocean762 dev clips: the NumPy runtime's first
+    pass, prompt, greedy answer and rescoring give the torch path's transcripts, batched and
+    alone; on some clips the answer differs from the first pass, so the rescoring decides."""
+    from asr.audio import load_audio
+    from asr.prompt import normalize_target
+
+    clips = [load_audio(r["audio"]) for r in dev_rows]
+    torch_texts = [t.text for t in Transcriber(TWO_PASS, runtime="torch", threads=2)(clips)]
+    assert two_pass_runtime.transcribe(clips) == torch_texts
+    assert [two_pass_runtime.transcribe([c])[0] for c in clips[:3]] == torch_texts[:3]
+    first = two_pass_runtime.run_first_pass(clips)
+    answers = two_pass_runtime.tokenizer.decode_batch(
+        two_pass_runtime.generate(clips, first_pass=first), skip_special_tokens=True
+    )
+    assert any(
+        normalize_target(a, "plain") != normalize_target(h[0], "plain")
+        for a, h in zip(answers, first, strict=True)
+    )

@@ -11,8 +11,7 @@ from typing import Any
 
 from transformers import PreTrainedConfig
 
-PACKAGED_WHISPER = "packaged:whisper-tiny.en"
-PACKAGED_SMOLLM2 = "packaged:smollm2-135m-instruct"
+from asr.paths import PACKAGED_SMOLLM2, PACKAGED_WHISPER
 
 ENCODER_MODES = ("variable", "padded")
 FIRST_PASS_MODES = ("none", "whisper")

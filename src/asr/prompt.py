@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-from transformers import PreTrainedTokenizerBase
+if TYPE_CHECKING:  # torch and transformers stay out of the NumPy runtime, which reads normalize_target
+    import torch
+    from transformers import PreTrainedTokenizerBase
 
 IGNORE_INDEX = -100
 
@@ -120,6 +122,8 @@ class PromptBuilder:
 
     def collate(self, prompts: list[Prompt], padding_side: str = "right") -> dict[str, torch.Tensor]:
         """Pad a batch; generation needs ``padding_side='left'`` so every row ends at its prompt."""
+        import torch
+
         width = max(len(p.input_ids) for p in prompts)
         ids = torch.full((len(prompts), width), self.pad_token_id, dtype=torch.long)
         labels = torch.full((len(prompts), width), IGNORE_INDEX, dtype=torch.long)

@@ -107,8 +107,9 @@ class ModelBackend:
 
 
 class RuntimeBackend:
-    """A one-pass checkpoint in NumPy (:class:`asr.runtime.RuntimeModel`): the same greedy
-    transcripts as :class:`ModelBackend` without torch (tests/test_runtime.py)."""
+    """A checkpoint in NumPy (:class:`asr.runtime.RuntimeModel`; a two-pass model's first pass in
+    CTranslate2): the same greedy transcripts as :class:`ModelBackend` without torch
+    (tests/test_runtime.py)."""
 
     def __init__(
         self, checkpoint: str | Path, max_new_tokens: int | None = None, threads: int | None = None
@@ -119,7 +120,9 @@ class RuntimeBackend:
             from threadpoolctl import threadpool_limits
 
             threadpool_limits(threads)  # NumPy's BLAS; kept for the process, as torch.set_num_threads
-        self.model = RuntimeModel.from_checkpoint(checkpoint, log=lambda line: print(line, file=sys.stderr))
+        self.model = RuntimeModel.from_checkpoint(
+            checkpoint, log=lambda line: print(line, file=sys.stderr), threads=threads or 0
+        )
         self.max_new_tokens = max_new_tokens
         self.name = f"{Path(checkpoint).name} (numpy)"
 

@@ -1,4 +1,5 @@
-"""Inference without torch: a one-pass checkpoint exported once to float32 arrays and run in NumPy.
+"""Inference without torch: a checkpoint exported once to float32 arrays and run in NumPy (a
+two-pass model's first pass in CTranslate2, as in torch).
 
 Whoever only transcribes pays neither torch's import (about 5 s and 530 MiB on the reference VM)
 nor transformers' (its model classes pull torch.compile's machinery: ~10 s more) nor the eager
@@ -7,7 +8,8 @@ run (``--runtime auto``, the default; ``--runtime torch`` for the training stack
 
 - :mod:`asr.runtime.export`: the once-per-checkpoint export (with torch) and its cache;
 - :mod:`asr.runtime.numpy_model`: the arithmetic (log-mel, Whisper encoder, projector, Llama with
-  a key/value cache, greedy decoding), checked against the torch modules in tests/test_runtime.py;
+  a key/value cache, greedy decoding, the teacher-forced scores of two-pass rescoring: the LLM's
+  and Whisper's decoder's), checked against the torch modules in tests/test_runtime.py;
 - :mod:`asr.runtime.model`: :class:`RuntimeModel`, clips in, text out.
 """
 

@@ -8,9 +8,11 @@ keeps one export per checkpoint content under ``$ASR_CACHE/runtime/<fingerprint>
 temporary folder and renamed, so a killed export leaves nothing half-written.
 
 :func:`unsupported` says, from the checkpoint's json files alone, why a checkpoint needs the torch
-path: two-pass models (Whisper's decoder and the rescoring run in torch), beam search, n-gram
-blocking, the padded encoder mode, a decoder other than a standard Llama, other projectors, CTC
-guidance without a CTC head.
+path: beam search, n-gram blocking, the padded encoder mode, a decoder other than a standard
+Llama, other projectors, CTC guidance without a CTC head, and two-pass models whose first pass is
+not the packaged Whisper or whose encoder has LoRA. A two-pass model's export adds Whisper's
+decoder and tokenizer, which its rescoring scores with; its first pass is the packaged
+CTranslate2 Whisper (:class:`asr.first_pass.CTranslate2FirstPass`), as in torch.
 """
 
 from __future__ import annotations
@@ -27,9 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from asr.paths import cache_dir
+from asr.paths import PACKAGED_WHISPER, cache_dir
 
-FORMAT = 4  # bump when what export() writes changes: old exports are then rebuilt
+FORMAT = 5  # bump when what export() writes changes: old exports are then rebuilt
 FILES = (
     "config.json",
     "generation_config.json",
@@ -38,6 +40,8 @@ FILES = (
     "tokenizer.json",
 )
 CONTEXT_MARK = "\x00context\x00"  # where a context text goes in the prompt's tail
+FIRST_PASS_MARK = "\x00first pass\x00"  # where a two-pass model's first pass goes in it
+WHISPER_TOKENIZER = "whisper_tokenizer.json"
 PROJECTORS = ("stack_mlp", "stack_linear")
 WEIGHTS = "weights.safetensors"
 META = "runtime.json"
@@ -57,10 +61,16 @@ def unsupported(checkpoint: str | os.PathLike) -> str | None:
     generation = _json(path / "generation_config.json")
     rope = decoder.get("rope_parameters") or {}
     reasons = {
-        "a two-pass model (Whisper's decoder and the rescoring run in torch)": config.get(
+        "a two-pass model whose first pass is not the packaged Whisper (it runs in transformers)": config.get(
             "first_pass", "none"
         )
-        != "none",
+        != "none"
+        and config.get("encoder_source") != PACKAGED_WHISPER,
+        "a two-pass model with LoRA on its encoder (Whisper's rescoring needs the frozen encoder)": config.get(
+            "first_pass", "none"
+        )
+        != "none"
+        and bool(config.get("encoder_lora")),
         f"projector_type {config.get('projector_type')!r}": config.get("projector_type") not in PROJECTORS,
         "the padded encoder mode": config.get("encoder_mode") == "padded",
         f"decoder type {decoder.get('model_type')!r}": decoder.get("model_type") != "llama",
@@ -171,6 +181,29 @@ def _llm_weights(decoder: Any, out: dict[str, np.ndarray]) -> None:
             _copy(llm, out, f"model.{p}{name}.weight", f"llm.{p}{name}.weight")
 
 
+def _whisper_decoder_weights(decoder: Any, out: dict[str, np.ndarray]) -> None:
+    """Whisper's own decoder (a two-pass model's rescoring teacher-forces it)."""
+    dec = decoder.state_dict()
+    _copy(dec, out, "embed_tokens.weight", "whisper_decoder.embed_tokens")
+    _copy(dec, out, "embed_positions.weight", "whisper_decoder.embed_positions")
+    _copy(dec, out, "layer_norm.weight", "whisper_decoder.layer_norm.weight")
+    _copy(dec, out, "layer_norm.bias", "whisper_decoder.layer_norm.bias")
+    for i in range(decoder.config.decoder_layers):
+        p = f"layers.{i}."
+        for part, prefix in (("self_attn", ""), ("encoder_attn", "cross_")):
+            for src, dst in (("q_proj", "q"), ("k_proj", "k"), ("v_proj", "v"), ("out_proj", "out")):
+                _linear(dec, out, f"{p}{part}.{src}", f"whisper_decoder.{p}{prefix}{dst}")
+        for src, dst in (
+            ("self_attn_layer_norm", "self_attn_layer_norm"),
+            ("encoder_attn_layer_norm", "cross_layer_norm"),
+            ("final_layer_norm", "final_layer_norm"),
+        ):
+            _copy(dec, out, f"{p}{src}.weight", f"whisper_decoder.{p}{dst}.weight")
+            _copy(dec, out, f"{p}{src}.bias", f"whisper_decoder.{p}{dst}.bias")
+        for name in ("fc1", "fc2"):
+            _linear(dec, out, p + name, f"whisper_decoder.{p}{name}")
+
+
 def weights_of(model: Any) -> dict[str, np.ndarray]:
     """An ``ASRModel``'s inference weights (LoRA folded in) under the runtime's names."""
     out: dict[str, np.ndarray] = {}
@@ -192,10 +225,17 @@ def weights_of(model: Any) -> dict[str, np.ndarray]:
 
 def prompt_parts(processor: Any) -> dict[str, str]:
     """The chat-templated prompt around the audio, as text: ``before`` (the same in every prompt),
-    ``after``, and ``after_context`` with :data:`CONTEXT_MARK` where a context text goes."""
-    before, after = processor.prompt_builder.template()
-    _, after_context = processor.prompt_builder.template(context=CONTEXT_MARK)
-    return {"before": before, "after": after, "after_context": after_context}
+    ``after``, and the tails with :data:`CONTEXT_MARK` where a context text goes and
+    :data:`FIRST_PASS_MARK` where a two-pass model's first pass goes."""
+    template = processor.prompt_builder.template
+    before, after = template()
+    return {
+        "before": before,
+        "after": after,
+        "after_context": template(context=CONTEXT_MARK)[1],
+        "after_first_pass": template(first_pass=FIRST_PASS_MARK)[1],
+        "after_context_first_pass": template(context=CONTEXT_MARK, first_pass=FIRST_PASS_MARK)[1],
+    }
 
 
 def export(checkpoint: str | os.PathLike, out: str | os.PathLike) -> None:
@@ -210,15 +250,14 @@ def export(checkpoint: str | os.PathLike, out: str | os.PathLike) -> None:
 
 
 def export_model(model: Any, out: str | os.PathLike, source: str = "") -> None:
-    """Write a loaded one-pass ``ASRModel`` (float32, LoRA folded or merged) and its processor as
-    runtime files into the folder ``out``."""
+    """Write a loaded ``ASRModel`` (float32, LoRA folded or merged) and its processor as runtime
+    files into the folder ``out``; a two-pass model's also Whisper's decoder and tokenizer."""
     from safetensors.numpy import save_file
 
     out = Path(out)
     processor = model.processor
     weights = weights_of(model)
     weights["mel_filters"] = np.asarray(processor.feature_extractor.mel_filters, dtype=np.float32)
-    save_file(weights, str(out / WEIGHTS))
     processor.tokenizer.backend_tokenizer.save(str(out / "tokenizer.json"))
     whisper, llm, decoding = model.encoder.whisper.config, model.decoder.config, model.decoding
     meta = {
@@ -243,4 +282,22 @@ def export_model(model: Any, out: str | os.PathLike, source: str = "") -> None:
         "eos_token_id": int(model.generation_config.eos_token_id),
         "decoding": asdict(decoding),
     }
+    if model.config.first_pass != "none":
+        from asr.sources import load_whisper, whisper_tokenizer
+
+        decoder = load_whisper(model.config.encoder_source)[0].model.decoder
+        _whisper_decoder_weights(decoder, weights)
+        tokenizer = whisper_tokenizer(model.config.encoder_source)
+        tokenizer.backend_tokenizer.save(str(out / WHISPER_TOKENIZER))
+        meta["two_pass"] = {
+            "n_best": model.config.first_pass_n_best,
+            "decoder": {
+                "layers": decoder.config.decoder_layers,
+                "heads": decoder.config.decoder_attention_heads,
+            },
+            "start": tokenizer.convert_tokens_to_ids(["<|startoftranscript|>", "<|notimestamps|>"]),
+            "eot": tokenizer.eos_token_id,
+            "target_normalization": processor.target_normalization,
+        }
+    save_file(weights, str(out / WEIGHTS))
     (out / META).write_text(json.dumps(meta, indent=2) + "\n")

@@ -13,10 +13,12 @@ import numpy as np
 
 from asr.audio import load_audio
 from asr.ctc_guide import CTCPrefixScorer
+from asr.first_pass import CTranslate2FirstPass, format_hypotheses
 from asr.generation import DecodingConfig
 from asr.lengths import SAMPLE_RATE, WHISPER_WINDOW_FRAMES, mel_frames, seconds
+from asr.prompt import normalize_target
 from asr.runtime import numpy_model as nm
-from asr.runtime.export import CONTEXT_MARK, META, WEIGHTS, prepare
+from asr.runtime.export import CONTEXT_MARK, FIRST_PASS_MARK, META, WEIGHTS, WHISPER_TOKENIZER, prepare
 
 DTYPES = {"F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32}
 
@@ -51,13 +53,16 @@ def map_safetensors(path: Path) -> dict[str, np.ndarray]:
 
 
 class RuntimeModel:
-    """Clips in, text out, as ``ASRModel.transcribe`` on a one-pass model with greedy decoding,
-    without torch or transformers: ``RuntimeModel.from_checkpoint("checkpoints/offline")``.
+    """Clips in, text out, as ``ASRModel.transcribe`` with greedy decoding, without torch or
+    transformers: ``RuntimeModel.from_checkpoint("checkpoints/offline")``.
 
     The prompt's head (chat template and system prompt, before the audio) is the same for every
-    clip: its keys and values are computed once per model and copied into every batch."""
+    clip: its keys and values are computed once per model and copied into every batch. A two-pass
+    model runs its first pass in CTranslate2 (:class:`asr.first_pass.CTranslate2FirstPass`, as the
+    torch path does) and its rescoring here (:meth:`rescore`); ``threads``: CTranslate2's (0: its
+    default)."""
 
-    def __init__(self, folder: str | os.PathLike) -> None:
+    def __init__(self, folder: str | os.PathLike, threads: int = 0) -> None:
         from tokenizers import Tokenizer
 
         self.folder = folder = Path(folder)
@@ -70,13 +75,19 @@ class RuntimeModel:
         self.decoding = DecodingConfig(**self.meta["decoding"])
         self._head: tuple[nm.KVCache, int] | None = None
         self._tails: dict[str | None, list[int]] = {}
+        self.two_pass = self.meta.get("two_pass")
+        self.threads = threads
+        self._first_pass: CTranslate2FirstPass | None = None  # loaded on first use
+        if self.two_pass:
+            self.whisper_tokenizer = Tokenizer.from_file(str(folder / WHISPER_TOKENIZER))
+            self.whisper_dims = nm.EncoderDims(**self.two_pass["decoder"])
 
     @classmethod
     def from_checkpoint(
-        cls, checkpoint: str | os.PathLike, log: Callable[[str], None] | None = None
+        cls, checkpoint: str | os.PathLike, log: Callable[[str], None] | None = None, threads: int = 0
     ) -> RuntimeModel:
         """The export of a checkpoint folder (made on first use: :func:`asr.runtime.export.prepare`)."""
-        return cls(prepare(checkpoint, log=log))
+        return cls(prepare(checkpoint, log=log), threads=threads)
 
     # ------------------------------------------------------------------ prompt
 
@@ -93,16 +104,18 @@ class RuntimeModel:
             self._head = (cache, len(ids))
         return self._head
 
-    def tail(self, context: str | None) -> list[int]:
-        """Token ids after the audio (instruction, optional context, assistant turn)."""
+    def tail(self, context: str | None, first_pass: str | None = None) -> list[int]:
+        """Token ids after the audio (instruction, optional context, a two-pass model's first
+        pass, assistant turn)."""
         context = context.strip() if context and context.strip() else None
-        if context not in self._tails:
-            prompt = self.meta["prompt"]
-            text = (
-                prompt["after"] if context is None else prompt["after_context"].replace(CONTEXT_MARK, context)
-            )
-            self._tails[context] = self._encode(text)
-        return self._tails[context]
+        if first_pass is None and context in self._tails:
+            return self._tails[context]
+        key = "after" + "_context" * (context is not None) + "_first_pass" * (first_pass is not None)
+        text = self.meta["prompt"][key].replace(CONTEXT_MARK, context or "")
+        ids = self._encode(text.replace(FIRST_PASS_MARK, (first_pass or "").strip()))
+        if first_pass is None:
+            self._tails[context] = ids
+        return ids
 
     # ------------------------------------------------------------------ audio -> text
 
@@ -123,20 +136,37 @@ class RuntimeModel:
         """The decoding cap from the clip's duration (``DecodingConfig.max_new_tokens``, as in torch)."""
         return self.decoding.max_new_tokens(seconds(max(mel_frames(len(clip)), 1)))
 
+    def prompts(
+        self,
+        clips: list[np.ndarray],
+        contexts: list[str | None] | None = None,
+        first_pass: list[list[str]] | None = None,
+    ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Each clip's audio vectors and its prompt's embeddings after the shared head."""
+        contexts = contexts or [None] * len(clips)
+        hypotheses = [format_hypotheses(h) for h in first_pass] if first_pass else [None] * len(clips)
+        embed = self.weights["llm.embed_tokens.weight"]
+        audio = [self.audio_vectors(clip) for clip in clips]
+        prompts = [
+            np.concatenate([vectors, embed[self.tail(context, hypothesis)]])
+            for vectors, context, hypothesis in zip(audio, contexts, hypotheses, strict=True)
+        ]
+        return audio, prompts
+
     def generate(
         self,
         clips: list[np.ndarray],
         contexts: list[str | None] | None = None,
         max_new_tokens: int | None = None,
+        first_pass: list[list[str]] | None = None,
+        prompts: tuple[list[np.ndarray], list[np.ndarray]] | None = None,
     ) -> list[list[int]]:
-        """Token ids of each clip's answer (ending with the end-of-turn id unless capped)."""
-        contexts = contexts or [None] * len(clips)
-        embed = self.weights["llm.embed_tokens.weight"]
-        audio = [self.audio_vectors(clip) for clip in clips]
-        prompts = [
-            np.concatenate([vectors, embed[self.tail(context)]])
-            for vectors, context in zip(audio, contexts, strict=True)
-        ]
+        """Token ids of each clip's answer (ending with the end-of-turn id unless capped);
+        ``first_pass``: a two-pass model's hypotheses of each clip (run here when not given);
+        ``prompts``: those of :meth:`prompts`, when already built."""
+        if prompts is None:
+            first_pass = first_pass or self.run_first_pass(clips)
+        audio, prompts = prompts or self.prompts(clips, contexts, first_pass)
         caps = [max_new_tokens or self.cap(clip) for clip in clips]
         return nm.greedy(
             prompts,
@@ -169,5 +199,76 @@ class RuntimeModel:
         audios = [audios] if isinstance(audios, np.ndarray) and audios.ndim == 1 else list(audios)
         clips = [load_audio(a, sampling_rate=SAMPLE_RATE, name=f"<clip {i}>") for i, a in enumerate(audios)]
         contexts = context if isinstance(context, list) else [context] * len(clips)
-        ids = self.generate(clips, contexts, max_new_tokens)
-        return [t.strip() for t in self.tokenizer.decode_batch(ids, skip_special_tokens=True)]
+        first_pass = self.run_first_pass(clips)
+        prompts = self.prompts(clips, contexts, first_pass)
+        ids = self.generate(clips, contexts, max_new_tokens, prompts=prompts)
+        texts = [t.strip() for t in self.tokenizer.decode_batch(ids, skip_special_tokens=True)]
+        if first_pass is None or self.decoding.first_pass_rescore is None:
+            return texts
+        return self.rescore(clips, prompts[1], ids, texts, first_pass)
+
+    # ------------------------------------------------------------------ two-pass models
+
+    def run_first_pass(self, clips: list[np.ndarray]) -> list[list[str]] | None:
+        """A two-pass model's first-pass hypotheses of each clip (``None`` for a one-pass model)."""
+        if not self.two_pass:
+            return None
+        if self._first_pass is None:
+            self._first_pass = CTranslate2FirstPass(self.two_pass["n_best"], threads=self.threads)
+        return self._first_pass(clips, beam_size=self.decoding.first_pass_beam_size)
+
+    def whisper_scores(self, clip: np.ndarray, texts: list[str]) -> list[float]:
+        """Whisper's log-probability of each of ``texts`` as the transcript of ``clip``: its start
+        tokens, the text and the end of text, teacher-forced after the clip's 30 s window (as
+        :class:`asr.first_pass.WhisperScorer` in torch)."""
+        window = WHISPER_WINDOW_FRAMES * self.meta["features"]["hop"]
+        padded = np.zeros(window, np.float32)
+        padded[: min(len(clip), window)] = clip[:window]
+        feats = self.meta["features"]
+        mel = nm.features(padded, self.weights["mel_filters"], feats["n_fft"], feats["hop"])
+        encoded = nm.whisper_encoder(mel, WHISPER_WINDOW_FRAMES, self.weights, self.encoder_dims)
+        start = self.two_pass["start"]
+        words = [self.whisper_tokenizer.encode(f" {t.strip()}", add_special_tokens=False).ids for t in texts]
+        sequences = [
+            start + (ids if t.strip() else []) + [self.two_pass["eot"]]
+            for t, ids in zip(texts, words, strict=True)
+        ]
+        return nm.whisper_decoder_logprobs(encoded, sequences, len(start), self.weights, self.whisper_dims)
+
+    def rescore(
+        self,
+        clips: list[np.ndarray],
+        prompts: list[np.ndarray],
+        ids: list[list[int]],
+        texts: list[str],
+        first_pass: list[list[str]],
+    ) -> list[str]:
+        """Two-pass decoding's last step, as ``ASRModel.rescore_first_pass``: where the answer
+        differs from the first pass (both as the model was trained to write them), the one with
+        the higher ``LLM + first_pass_rescore * Whisper`` log-probability is kept; the first pass
+        is returned as Whisper wrote it."""
+        mode = self.two_pass["target_normalization"]
+        written = [normalize_target(t, mode) for t in texts]
+        firsts = [normalize_target(h[0], mode) for h in first_pass]
+        differ = [i for i, (a, b) in enumerate(zip(written, firsts, strict=True)) if a != b]
+        if not differ:
+            return texts
+        own = [ids[i][: ids[i].index(self.eos) + 1] if self.eos in ids[i] else ids[i] for i in differ]
+        theirs = [self._encode(firsts[i].strip()) + [self.eos] for i in differ]
+        llm = nm.answer_logprobs(
+            [prompts[i] for i in differ],
+            [[a, b] for a, b in zip(own, theirs, strict=True)],
+            self.weights,
+            self.llm_dims,
+            head=self.head(),
+        )
+        weight = self.decoding.first_pass_rescore
+        texts = list(texts)
+        for (answer_llm, first_llm), i in zip(llm, differ, strict=True):
+            gain = answer_llm - first_llm
+            if weight:
+                answer, first = self.whisper_scores(clips[i], [written[i], firsts[i]])
+                gain += weight * (answer - first)
+            if gain < 0:
+                texts[i] = first_pass[i][0]
+        return texts

@@ -1,5 +1,6 @@
-"""The whole inference path of a one-pass model in NumPy: log-mel -> Whisper encoder -> projector ->
-LLM with a key/value cache -> greedy decoding.
+"""The whole inference path of a model in NumPy: log-mel -> Whisper encoder -> projector -> LLM with
+a key/value cache -> greedy decoding; for a two-pass model also the teacher-forced scores of its
+rescoring (the LLM's and Whisper's decoder's log-probability of a given answer).
 
 Each function is the arithmetic of one part, written out as in openai/whisper's ``model.py``: the
 training code's modules (``asr.encoder``, ``asr.projector``, transformers' Llama) are the
@@ -8,7 +9,7 @@ imports torch or transformers, so a process that only transcribes starts in abou
 holds the float32 weights and little else (see :mod:`asr.runtime`).
 
 Weights are plain arrays keyed by the names :mod:`asr.runtime.export` writes (``encoder.*``,
-``projector.*``, ``llm.*``); linear layers are stored as (in, out) so every product is ``x @ w``, and the LLM's q/k/v and
+``projector.*``, ``llm.*``, ``whisper_decoder.*``); linear layers are stored as (in, out) so every product is ``x @ w``, and the LLM's q/k/v and
 gate/up projections side by side (one product each: fewer, wider matrix products decode faster).
 """
 
@@ -29,14 +30,31 @@ _ERF_A = (0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429)
 
 
 def erf(x: np.ndarray) -> np.ndarray:
-    t = 1.0 / (1.0 + _ERF_P * np.abs(x))
-    poly = t * (_ERF_A[0] + t * (_ERF_A[1] + t * (_ERF_A[2] + t * (_ERF_A[3] + t * _ERF_A[4]))))
-    return np.sign(x) * (1.0 - poly * np.exp(-x * x))
+    """In place on temporaries (a fresh array per step costs three times as long: GELU is a third
+    of the Whisper encoder's time over a 30 s window otherwise)."""
+    t = np.abs(x)
+    t *= _ERF_P
+    t += 1.0
+    np.reciprocal(t, out=t)
+    poly = t * _ERF_A[4]
+    for a in _ERF_A[3::-1]:  # Horner: ((a4 t + a3) t + a2) t ... + a0) t
+        poly += a
+        poly *= t
+    decay = np.square(x)
+    np.negative(decay, out=decay)
+    np.exp(decay, out=decay)
+    poly *= decay
+    np.subtract(1.0, poly, out=poly)
+    return np.copysign(poly, x, out=poly)
 
 
 def gelu(x: np.ndarray) -> np.ndarray:
     """The exact (erf) GELU of Whisper and the projector."""
-    return (0.5 * x * (1.0 + erf(x * np.float32(1 / np.sqrt(2))))).astype(np.float32)
+    y = erf(x * np.float32(1 / np.sqrt(2)))
+    y += 1.0
+    y *= x
+    y *= 0.5
+    return y
 
 
 def silu_mul(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
@@ -144,6 +162,61 @@ def project(frames: np.ndarray, w: Weights, kind: str, stack: int) -> np.ndarray
     else:
         raise ValueError(f"projector_type={kind!r}: the NumPy runtime runs stack_mlp and stack_linear")
     return layer_norm(x, w["projector.norm.weight"], w["projector.norm.bias"])
+
+
+def _heads(x: np.ndarray, heads: int) -> np.ndarray:
+    """(T, width) -> (heads, T, width // heads)."""
+    return x.reshape(len(x), heads, -1).transpose(1, 0, 2)
+
+
+def _merge_heads(x: np.ndarray) -> np.ndarray:
+    """(heads, T, head_dim) -> (T, heads * head_dim)."""
+    return x.transpose(1, 0, 2).reshape(x.shape[1], -1)
+
+
+def whisper_decoder_logprobs(
+    encoded: np.ndarray, sequences: list[list[int]], start: int, w: Weights, dims: EncoderDims
+) -> list[float]:
+    """Whisper's decoder teacher-forced on each of ``sequences`` (its start tokens, then a text's
+    tokens and the end of text) over one clip's encoder output (1500, width) of its 30 s window:
+    the summed log-probability of each sequence's tokens after its first ``start``, as
+    :class:`asr.first_pass.WhisperScorer` (``dims``: the decoder's layers and heads)."""
+    width = encoded.shape[1]
+    scale = np.float32((width // dims.heads) ** -0.5)
+    embed = w["whisper_decoder.embed_tokens"]
+    cross = []  # the encoder output's keys and values, once per layer
+    for i in range(dims.layers):
+        p = f"whisper_decoder.layers.{i}.cross_"
+        k = encoded @ w[p + "k.weight"]
+        v = encoded @ w[p + "v.weight"] + w[p + "v.bias"]
+        cross.append((_heads(k, dims.heads), _heads(v, dims.heads)))
+    scores = []
+    for ids in sequences:
+        n = len(ids) - 1  # inputs ids[:-1] predict ids[1:]
+        x = embed[ids[:-1]] + w["whisper_decoder.embed_positions"][:n]
+        causal = _mask(np.tri(n, dtype=bool))
+        for i, (ck, cv) in enumerate(cross):
+            p = f"whisper_decoder.layers.{i}."
+            h = layer_norm(x, w[p + "self_attn_layer_norm.weight"], w[p + "self_attn_layer_norm.bias"])
+            q = _heads((h @ w[p + "q.weight"] + w[p + "q.bias"]) * scale, dims.heads)
+            k = _heads(h @ w[p + "k.weight"], dims.heads)
+            v = _heads(h @ w[p + "v.weight"] + w[p + "v.bias"], dims.heads)
+            attn = _merge_heads(softmax(q @ k.transpose(0, 2, 1) + causal) @ v)
+            x = x + attn @ w[p + "out.weight"] + w[p + "out.bias"]
+            h = layer_norm(x, w[p + "cross_layer_norm.weight"], w[p + "cross_layer_norm.bias"])
+            q = _heads((h @ w[p + "cross_q.weight"] + w[p + "cross_q.bias"]) * scale, dims.heads)
+            attn = _merge_heads(softmax(q @ ck.transpose(0, 2, 1)) @ cv)
+            x = x + attn @ w[p + "cross_out.weight"] + w[p + "cross_out.bias"]
+            h = layer_norm(x, w[p + "final_layer_norm.weight"], w[p + "final_layer_norm.bias"])
+            x = (
+                x
+                + gelu(h @ w[p + "fc1.weight"] + w[p + "fc1.bias"]) @ w[p + "fc2.weight"]
+                + w[p + "fc2.bias"]
+            )
+        x = layer_norm(x, w["whisper_decoder.layer_norm.weight"], w["whisper_decoder.layer_norm.bias"])
+        logprobs = log_softmax(x[start - 1 :] @ embed.T)
+        scores.append(float(logprobs[np.arange(len(logprobs)), ids[start:]].sum()))
+    return scores
 
 
 # --------------------------------------------------------------------------- the LLM
@@ -265,6 +338,7 @@ def llama(x: np.ndarray, lengths: np.ndarray, cache: KVCache, w: Weights, dims: 
                 [
                     _attend(q[:, a : a + t], cache.k[i][r, :, :e], cache.v[i][r, :, :e], mask, group)
                     for r, a, t, e, mask in zip(rows, spans, lengths, end, masks, strict=True)
+                    if t  # a row may have nothing new (answer_logprobs: a one-token answer)
                 ]
             )
         x = x + attn @ w[p + "o_proj.weight"]
@@ -273,6 +347,50 @@ def llama(x: np.ndarray, lengths: np.ndarray, cache: KVCache, w: Weights, dims: 
         x = x + silu_mul(gate, up) @ w[p + "down_proj.weight"]
     cache.length = end
     return rms_norm(x, w["llm.norm.weight"], dims.rms_norm_eps)
+
+
+def _cache_after(head: tuple[KVCache, int] | None, dims: LlamaDims, batch: int, room: int) -> KVCache:
+    """A cache of ``batch`` rows that each start with ``head``'s positions (none without one),
+    with ``room`` more slots."""
+    start = head[1] if head else 0
+    cache = KVCache(dims, batch, start + room)
+    if head:
+        cache.k[:, :, :, :start] = head[0].k[:, :1, :, :start]
+        cache.v[:, :, :, :start] = head[0].v[:, :1, :, :start]
+        cache.length[:] = start
+    return cache
+
+
+def answer_logprobs(
+    prompts: list[np.ndarray],
+    answers: list[list[list[int]]],
+    w: Weights,
+    dims: LlamaDims,
+    head: tuple[KVCache, int] | None = None,
+) -> list[list[float]]:
+    """Teacher forcing: the summed log-probability of each of ``answers[b]`` (token lists) after
+    prompt ``b``'s embeddings (``head`` as in :func:`greedy`), as ``ASRModel.answer_logprobs``.
+    Each prompt runs once; its keys and values are copied to its answers' rows."""
+    embed = w["llm.embed_tokens.weight"]
+    lm_head = w.get("llm.lm_head.weight", embed)
+    lengths = np.array([len(p) for p in prompts])
+    width = max(len(a) for candidates in answers for a in candidates)
+    cache = _cache_after(head, dims, len(prompts), int(lengths.max()) + width)
+    last = llama(np.concatenate(prompts), lengths, cache, w, dims)[np.cumsum(lengths) - 1]
+    rows = np.repeat(np.arange(len(prompts)), [len(candidates) for candidates in answers])
+    cache.k, cache.v, cache.length = cache.k[:, rows], cache.v[:, rows], cache.length[rows]
+    flat = [a for candidates in answers for a in candidates]
+    steps = np.array([len(a) - 1 for a in flat])  # an answer's last token is predicted, not fed
+    hidden = llama(embed[[t for a in flat for t in a[:-1]]], steps, cache, w, dims) if steps.any() else None
+    scores = []
+    for i, (row, answer, first) in enumerate(zip(rows, flat, np.cumsum(steps) - steps, strict=True)):
+        states = np.concatenate(
+            [last[row : row + 1], hidden[first : first + steps[i]] if steps[i] else last[:0]]
+        )
+        logprobs = log_softmax(states @ lm_head.T)
+        scores.append(float(logprobs[np.arange(len(answer)), answer].sum()))
+    it = iter(scores)
+    return [[next(it) for _ in candidates] for candidates in answers]
 
 
 def next_tokens(
@@ -324,13 +442,8 @@ def greedy(
     n = len(prompts)
     embed = w["llm.embed_tokens.weight"]
     lm_head = w.get("llm.lm_head.weight", embed)  # tied (SmolLM2) or its own
-    start = head[1] if head else 0
-    cache = KVCache(dims, n, start + max(len(p) for p in prompts) + 16)
-    if head:
-        cache.k[:, :, :, :start] = head[0].k[:, :1, :, :start]
-        cache.v[:, :, :, :start] = head[0].v[:, :1, :, :start]
-        cache.length[:] = start
     lengths = np.array([len(p) for p in prompts])
+    cache = _cache_after(head, dims, n, int(lengths.max()) + 16)
     hidden = llama(np.concatenate(prompts), lengths, cache, w, dims)[np.cumsum(lengths) - 1]
     out: list[list[int]] = [[] for _ in range(n)]
     live = np.arange(n)  # rows still decoding
