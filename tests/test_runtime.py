@@ -121,10 +121,12 @@ def test_ctc_guided_tokens_match_generate(tmp_path: Path) -> None:
 def test_context_prompt_matches_the_prompt_builder(talking: tuple) -> None:
     model, runtime = talking
     builder = model.processor.prompt_builder
+    head = runtime._encode(runtime.meta["prompt"]["before"])
     for context in (None, "  Names: Ada Lovelace.  "):
-        prompt = builder.build(3, context=context)
-        head = runtime._encode(runtime.meta["prompt"]["before"])
-        assert prompt.input_ids == head + [builder.audio_token_id] * 3 + runtime.tail(context)
+        for first_pass in (None, "", " the first pass heard this "):  # two-pass prompts too
+            prompt = builder.build(3, context=context, first_pass=first_pass)
+            tail = runtime.tail(context, first_pass)
+            assert prompt.input_ids == head + [builder.audio_token_id] * 3 + tail
     c = clip(2.0)
     assert runtime.transcribe([c], context="Ada") == model.transcribe([c], context="Ada")
 
