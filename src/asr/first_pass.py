@@ -29,6 +29,7 @@ import numpy as np
 
 from asr.lengths import SAMPLE_RATE
 from asr.paths import PACKAGED_WHISPER
+from asr.prompt import normalize_target
 
 MAX_TOKENS = 448  # Whisper's decoder context
 
@@ -206,3 +207,14 @@ def format_hypotheses(hypotheses: Sequence[str]) -> str:
     if len(hypotheses) == 1:
         return hypotheses[0]
     return "\n".join(f"{i}. {h}" for i, h in enumerate(hypotheses, 1))
+
+
+def disagreements(
+    texts: Sequence[str], first_pass: Sequence[Sequence[str]], mode: str
+) -> tuple[list[str], list[str], list[int]]:
+    """Two-pass rescoring's candidates (in torch and in the NumPy runtime): each answer and each
+    clip's best first-pass hypothesis as the model was trained to write them (``normalize_target``
+    with ``mode``), and the rows where the two differ."""
+    written = [normalize_target(t, mode) for t in texts]
+    firsts = [normalize_target(h[0], mode) for h in first_pass]
+    return written, firsts, [i for i, (a, b) in enumerate(zip(written, firsts, strict=True)) if a != b]

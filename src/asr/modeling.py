@@ -43,11 +43,11 @@ from asr.config import ASRConfig
 from asr.ctc import CTCHead
 from asr.ctc_guide import CTCPrefixScorer, best, guided_scores, log_softmax
 from asr.encoder import AudioEncoder
-from asr.first_pass import FirstPass, load_first_pass
+from asr.first_pass import FirstPass, disagreements, load_first_pass
 from asr.generation import DecodingConfig
 from asr.processing import ASRProcessor
 from asr.projector import build_projector
-from asr.prompt import IGNORE_INDEX, normalize_target
+from asr.prompt import IGNORE_INDEX
 
 WEIGHTS_NAME = "model.safetensors"
 HUB_KWARGS = {
@@ -790,9 +790,7 @@ class ASRModel(PreTrainedModel):
         pass is scored as the model was trained to write it (``processor.target_normalization``)
         and returned as Whisper wrote it."""
         texts = processor.batch_decode(tokens)
-        written = [normalize_target(t, processor.target_normalization) for t in texts]
-        firsts = [normalize_target(h[0], processor.target_normalization) for h in first_pass]
-        differ = [i for i, (a, b) in enumerate(zip(written, firsts, strict=True)) if a != b]
+        written, firsts, differ = disagreements(texts, first_pass, processor.target_normalization)
         if not differ:
             return texts
         eos = self.generation_config.eos_token_id  # one id: set from the processor's tokenizer

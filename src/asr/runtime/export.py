@@ -60,16 +60,11 @@ def unsupported(checkpoint: str | os.PathLike) -> str | None:
     decoder = config.get("decoder_config", {})
     generation = _json(path / "generation_config.json")
     rope = decoder.get("rope_parameters") or {}
+    two_pass = config.get("first_pass", "none") != "none"
     reasons = {
-        "a two-pass model whose first pass is not the packaged Whisper (it runs in transformers)": config.get(
-            "first_pass", "none"
-        )
-        != "none"
+        "a two-pass model whose first pass is not the packaged Whisper (it runs in transformers)": two_pass
         and config.get("encoder_source") != PACKAGED_WHISPER,
-        "a two-pass model with LoRA on its encoder (Whisper's rescoring needs the frozen encoder)": config.get(
-            "first_pass", "none"
-        )
-        != "none"
+        "a two-pass model with LoRA on its encoder (Whisper's rescoring needs the frozen encoder)": two_pass
         and bool(config.get("encoder_lora")),
         f"projector_type {config.get('projector_type')!r}": config.get("projector_type") not in PROJECTORS,
         "the padded encoder mode": config.get("encoder_mode") == "padded",

@@ -13,10 +13,9 @@ import numpy as np
 
 from asr.audio import load_audio
 from asr.ctc_guide import CTCPrefixScorer
-from asr.first_pass import CTranslate2FirstPass, format_hypotheses
+from asr.first_pass import CTranslate2FirstPass, disagreements, format_hypotheses
 from asr.generation import DecodingConfig
 from asr.lengths import SAMPLE_RATE, WHISPER_WINDOW_FRAMES, mel_frames, seconds
-from asr.prompt import normalize_target
 from asr.runtime import numpy_model as nm
 from asr.runtime.export import CONTEXT_MARK, FIRST_PASS_MARK, META, WEIGHTS, WHISPER_TOKENIZER, prepare
 
@@ -221,17 +220,16 @@ class RuntimeModel:
         """Whisper's log-probability of each of ``texts`` as the transcript of ``clip``: its start
         tokens, the text and the end of text, teacher-forced after the clip's 30 s window (as
         :class:`asr.first_pass.WhisperScorer` in torch)."""
-        window = WHISPER_WINDOW_FRAMES * self.meta["features"]["hop"]
-        padded = np.zeros(window, np.float32)
-        padded[: min(len(clip), window)] = clip[:window]
         feats = self.meta["features"]
+        padded = np.zeros(WHISPER_WINDOW_FRAMES * feats["hop"], np.float32)
+        padded[: len(clip)] = clip[: len(padded)]
         mel = nm.features(padded, self.weights["mel_filters"], feats["n_fft"], feats["hop"])
         encoded = nm.whisper_encoder(mel, WHISPER_WINDOW_FRAMES, self.weights, self.encoder_dims)
-        start = self.two_pass["start"]
-        words = [self.whisper_tokenizer.encode(f" {t.strip()}", add_special_tokens=False).ids for t in texts]
+        start, eot = self.two_pass["start"], self.two_pass["eot"]
+        encode = self.whisper_tokenizer.encode
         sequences = [
-            start + (ids if t.strip() else []) + [self.two_pass["eot"]]
-            for t, ids in zip(texts, words, strict=True)
+            start + (encode(f" {t.strip()}", add_special_tokens=False).ids if t.strip() else []) + [eot]
+            for t in texts
         ]
         return nm.whisper_decoder_logprobs(encoded, sequences, len(start), self.weights, self.whisper_dims)
 
@@ -247,10 +245,7 @@ class RuntimeModel:
         differs from the first pass (both as the model was trained to write them), the one with
         the higher ``LLM + first_pass_rescore * Whisper`` log-probability is kept; the first pass
         is returned as Whisper wrote it."""
-        mode = self.two_pass["target_normalization"]
-        written = [normalize_target(t, mode) for t in texts]
-        firsts = [normalize_target(h[0], mode) for h in first_pass]
-        differ = [i for i, (a, b) in enumerate(zip(written, firsts, strict=True)) if a != b]
+        written, firsts, differ = disagreements(texts, first_pass, self.two_pass["target_normalization"])
         if not differ:
             return texts
         own = [ids[i][: ids[i].index(self.eos) + 1] if self.eos in ids[i] else ids[i] for i in differ]

@@ -118,6 +118,38 @@ def conv1d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, stride: int = 1)
     return weight.reshape(c_out, c_in * k) @ cols.reshape(c_in * k, t_out) + bias[:, None]
 
 
+def _heads(x: np.ndarray, heads: int) -> np.ndarray:
+    """(T, width) -> (heads, T, width // heads)."""
+    return x.reshape(len(x), heads, -1).transpose(1, 0, 2)
+
+
+def _merge_heads(x: np.ndarray) -> np.ndarray:
+    """(heads, T, head_dim) -> (T, heads * head_dim)."""
+    return x.transpose(1, 0, 2).reshape(x.shape[1], -1)
+
+
+def _self_attention_block(
+    x: np.ndarray, w: Weights, p: str, heads: int, mask: np.ndarray | None = None
+) -> np.ndarray:
+    """A Whisper layer's pre-norm self-attention with its residual (encoder: no mask; decoder:
+    causal); ``p``: the layer's weight prefix."""
+    h = layer_norm(x, w[p + "self_attn_layer_norm.weight"], w[p + "self_attn_layer_norm.bias"])
+    scale = np.float32((x.shape[1] // heads) ** -0.5)
+    q = _heads((h @ w[p + "q.weight"] + w[p + "q.bias"]) * scale, heads)
+    k = _heads(h @ w[p + "k.weight"], heads)
+    v = _heads(h @ w[p + "v.weight"] + w[p + "v.bias"], heads)
+    scores = q @ k.transpose(0, 2, 1)
+    if mask is not None:
+        scores += mask
+    return x + _merge_heads(softmax(scores) @ v) @ w[p + "out.weight"] + w[p + "out.bias"]
+
+
+def _mlp_block(x: np.ndarray, w: Weights, p: str) -> np.ndarray:
+    """A Whisper layer's pre-norm GELU MLP with its residual."""
+    h = layer_norm(x, w[p + "final_layer_norm.weight"], w[p + "final_layer_norm.bias"])
+    return x + gelu(h @ w[p + "fc1.weight"] + w[p + "fc1.bias"]) @ w[p + "fc2.weight"] + w[p + "fc2.bias"]
+
+
 @dataclass(frozen=True)
 class EncoderDims:
     layers: int
@@ -132,19 +164,9 @@ def whisper_encoder(mel: np.ndarray, n_mel: int, w: Weights, dims: EncoderDims) 
     x = gelu(conv1d(x, w["encoder.conv1.weight"], w["encoder.conv1.bias"]))
     x = gelu(conv1d(x, w["encoder.conv2.weight"], w["encoder.conv2.bias"], stride=2)).T[:t]
     x = x + w["encoder.embed_positions"][:t]
-    width = x.shape[1]
-    head_dim = width // dims.heads
     for i in range(dims.layers):
         p = f"encoder.layers.{i}."
-        h = layer_norm(x, w[p + "self_attn_layer_norm.weight"], w[p + "self_attn_layer_norm.bias"])
-        q = (h @ w[p + "q.weight"] + w[p + "q.bias"]) * np.float32(head_dim**-0.5)
-        k = h @ w[p + "k.weight"]
-        v = h @ w[p + "v.weight"] + w[p + "v.bias"]
-        q, k, v = (a.reshape(t, dims.heads, head_dim).transpose(1, 0, 2) for a in (q, k, v))
-        attn = (softmax(q @ k.transpose(0, 2, 1)) @ v).transpose(1, 0, 2).reshape(t, width)
-        x = x + attn @ w[p + "out.weight"] + w[p + "out.bias"]
-        h = layer_norm(x, w[p + "final_layer_norm.weight"], w[p + "final_layer_norm.bias"])
-        x = x + gelu(h @ w[p + "fc1.weight"] + w[p + "fc1.bias"]) @ w[p + "fc2.weight"] + w[p + "fc2.bias"]
+        x = _mlp_block(_self_attention_block(x, w, p, dims.heads), w, p)
     return layer_norm(x, w["encoder.layer_norm.weight"], w["encoder.layer_norm.bias"])
 
 
@@ -162,16 +184,6 @@ def project(frames: np.ndarray, w: Weights, kind: str, stack: int) -> np.ndarray
     else:
         raise ValueError(f"projector_type={kind!r}: the NumPy runtime runs stack_mlp and stack_linear")
     return layer_norm(x, w["projector.norm.weight"], w["projector.norm.bias"])
-
-
-def _heads(x: np.ndarray, heads: int) -> np.ndarray:
-    """(T, width) -> (heads, T, width // heads)."""
-    return x.reshape(len(x), heads, -1).transpose(1, 0, 2)
-
-
-def _merge_heads(x: np.ndarray) -> np.ndarray:
-    """(heads, T, head_dim) -> (T, heads * head_dim)."""
-    return x.transpose(1, 0, 2).reshape(x.shape[1], -1)
 
 
 def whisper_decoder_logprobs(
@@ -197,22 +209,11 @@ def whisper_decoder_logprobs(
         causal = _mask(np.tri(n, dtype=bool))
         for i, (ck, cv) in enumerate(cross):
             p = f"whisper_decoder.layers.{i}."
-            h = layer_norm(x, w[p + "self_attn_layer_norm.weight"], w[p + "self_attn_layer_norm.bias"])
-            q = _heads((h @ w[p + "q.weight"] + w[p + "q.bias"]) * scale, dims.heads)
-            k = _heads(h @ w[p + "k.weight"], dims.heads)
-            v = _heads(h @ w[p + "v.weight"] + w[p + "v.bias"], dims.heads)
-            attn = _merge_heads(softmax(q @ k.transpose(0, 2, 1) + causal) @ v)
-            x = x + attn @ w[p + "out.weight"] + w[p + "out.bias"]
+            x = _self_attention_block(x, w, p, dims.heads, causal)
             h = layer_norm(x, w[p + "cross_layer_norm.weight"], w[p + "cross_layer_norm.bias"])
             q = _heads((h @ w[p + "cross_q.weight"] + w[p + "cross_q.bias"]) * scale, dims.heads)
             attn = _merge_heads(softmax(q @ ck.transpose(0, 2, 1)) @ cv)
-            x = x + attn @ w[p + "cross_out.weight"] + w[p + "cross_out.bias"]
-            h = layer_norm(x, w[p + "final_layer_norm.weight"], w[p + "final_layer_norm.bias"])
-            x = (
-                x
-                + gelu(h @ w[p + "fc1.weight"] + w[p + "fc1.bias"]) @ w[p + "fc2.weight"]
-                + w[p + "fc2.bias"]
-            )
+            x = _mlp_block(x + attn @ w[p + "cross_out.weight"] + w[p + "cross_out.bias"], w, p)
         x = layer_norm(x, w["whisper_decoder.layer_norm.weight"], w["whisper_decoder.layer_norm.bias"])
         logprobs = log_softmax(x[start - 1 :] @ embed.T)
         scores.append(float(logprobs[np.arange(len(logprobs)), ids[start:]].sum()))
