@@ -17,9 +17,11 @@ pytestmark = pytest.mark.real
 # measured on these 24 clips when the checkpoint was shipped (see checkpoints/offline/README.md),
 # plus a margin for CPU numerics; the untrained model scores several hundred percent here.
 # Tighten it whenever a better checkpoint is shipped.
-WER_BOUND = 0.55  # measured 45.2% at shipping (step 600 of experiment=native_aug); 50.4%, 47.4%, 65.9% before
+# speechocean762: measured 43.0% at shipping (step 300 of experiment=native_enc_lora_2); 43.0%, 45.2%, 50.4% before
+WER_BOUND = 0.53
 # the same on 24 clips spread over the LibriSpeech dev speakers: native read English
-NATIVE_WER_BOUND = 0.55  # measured 48.8% at shipping; 45.7%, 52.4% and ~89% for the three shipped before
+# measured 52.2% at shipping (41.96% on all 659 clips: these 24 are a noisy sample); 44.7%, 48.8%, ~89% before
+NATIVE_WER_BOUND = 0.60
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "checkpoints" / "offline"
 
@@ -64,9 +66,9 @@ def test_shipped_checkpoint_transcribes_native_english(shipped, shared_data):
 
 
 # Transcripts of the first speechocean762 dev clips, one clip at a time, by the checkpoint as
-# shipped (experiment=native_aug, step 600): a change that moves code must not move these.
+# shipped (experiment=native_enc_lora_2, step 300): a change that moves code must not move these.
 AS_SHIPPED = [
-    "mckay is going to see a farm",
+    "mark is going to see a kitten",
     "jack loves chinese",
     "two six four eight",
     "seven three four two",
