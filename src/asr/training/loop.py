@@ -48,6 +48,7 @@ from asr.first_pass import first_pass_key
 from asr.generation import DecodingConfig
 from asr.modeling import ASRModel, ASROutput
 from asr.paths import cache_dir
+from asr.precision import cpu_has_bf16
 from asr.processing import ASRProcessor, PromptConfig
 from asr.store import FeatureStore, HypothesisStore, encoder_key
 from asr.training.checkpoint import checkpoints, load_checkpoint, save_checkpoint, save_final
@@ -134,11 +135,6 @@ def _mixed_precision(setting: str) -> str:
     # CPU autocast in bf16 made fwd+bwd of the frozen LLM ~1.6x faster on a CPU with AVX-512 BF16;
     # without native bf16 (AVX2 only) a bf16 matmul is ~100x slower than float32
     return "bf16" if cpu_has_bf16() else "no"
-
-
-def cpu_has_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AVX-512 BF16 or AMX), so bf16 autocast pays."""
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def setup_accelerator(cfg: TrainingConfig) -> Accelerator:
