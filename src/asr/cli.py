@@ -22,7 +22,7 @@ from pathlib import Path
 
 from asr.inference.longform import SEGMENT_SECONDS
 from asr.inference.outputs import FORMATS
-from asr.inference.transcribe import FASTER_WHISPER, RUNTIMES
+from asr.inference.transcribe import DTYPES, FASTER_WHISPER, RUNTIMES
 
 
 def _threads(threads: int | None) -> int:
@@ -54,6 +54,12 @@ def _model_arguments(parser: argparse.ArgumentParser) -> None:
         choices=list(RUNTIMES),
         help="auto: NumPy (no torch: fast start, small memory) where the checkpoint allows it, else torch (default: auto)",
     )
+    parser.add_argument(
+        "--dtype",
+        default="float32",
+        choices=list(DTYPES),
+        help="our model's weights: bfloat16 runs in torch, ~2x faster on CPUs with AVX-512 BF16/AMX, ~100x slower without (default: float32)",
+    )
     parser.add_argument("--progress", action="store_true", help="show a progress bar")
 
 
@@ -70,6 +76,7 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens,
         progress=args.progress,
         runtime=args.runtime,
+        dtype=args.dtype,
     )
     transcripts = transcriber(args.files, context=args.context)
     for t in transcripts:
@@ -103,6 +110,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             compute_type=args.compute_type,
             threads=threads,
             runtime=args.runtime,
+            dtype=args.dtype,
         )
         report = None
         if args.report:
