@@ -42,7 +42,9 @@ from asr.inference import FASTER_WHISPER, FASTER_WHISPER_OPTIONS, Transcriber, d
 
 # speed/memory per configuration, startup time, our model's profile, one long file
 PARTS = ("runs", "startup", "profile", "longform")
-RUNTIMES = ("numpy", "torch")  # our model's two paths (asr.inference.load_backend)
+RUNTIMES = ("numpy", "torch")  # our model's two paths (asr.inference.load_backend), the default
+# ... and torch with every weight in bf16 (--dtype bfloat16: fast only on CPUs with AVX-512 BF16/AMX)
+CHOICES = (*RUNTIMES, "torch-bf16")
 LONGFORM_SECONDS = 300.0  # the long file: consecutive manifest clips, at least this long
 LONGFORM_GAP_SECONDS = 0.5  # silence between them
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,12 +56,23 @@ FASTER_WHISPER_WORKER = Path(__file__).resolve().with_name("faster_whisper_worke
 # --------------------------------------------------------------------------- worker side
 
 
+def _paths(runtime: str) -> dict[str, str]:
+    """A ``--runtimes`` choice as Transcriber's ``runtime`` and ``dtype``."""
+    return {"runtime": "torch", "dtype": "bfloat16"} if runtime == "torch-bf16" else {"runtime": runtime}
+
+
+def _flags(runtime: str) -> list[str]:
+    """The same as ``asr transcribe`` flags."""
+    return [f"--{k}={v}" for k, v in _paths(runtime).items()]
+
+
 def _load_clips(paths: list[str]):
     return [load_audio(p) for p in paths]
 
 
 def run_config(spec: dict[str, Any]) -> dict[str, Any]:
     """One configuration, in this process: load, warm up, time a pass, report."""
+    paths = _paths(spec.get("runtime", "auto"))
     start = time.perf_counter()
     transcriber = Transcriber(
         spec["model"],
@@ -67,7 +80,7 @@ def run_config(spec: dict[str, Any]) -> dict[str, Any]:
         num_beams=spec["beams"],
         compute_type=spec.get("compute_type", "int8"),
         threads=spec["threads"],
-        runtime=spec.get("runtime", "auto"),
+        **paths,
     )
     load_seconds = time.perf_counter() - start
     clips = _load_clips(spec["clips"])
@@ -79,7 +92,7 @@ def run_config(spec: dict[str, Any]) -> dict[str, Any]:
     return {
         "system": transcriber.name,
         "batch_size": spec["batch_size"],
-        "compute_type": "float32",
+        "compute_type": paths.get("dtype", "float32"),
         "audio_seconds": round(audio_seconds, 2),
         "seconds": round(seconds, 3),
         "load_seconds": round(load_seconds, 2),
@@ -94,7 +107,7 @@ def run_longform(spec: dict[str, Any]) -> dict[str, Any]:
         spec["model"],
         batch_size=spec["batch_size"],
         threads=spec["threads"],
-        runtime=spec.get("runtime", "auto"),
+        **_paths(spec.get("runtime", "auto")),
     )
     audio = load_audio(spec["file"])
     transcriber([audio[: 10 * 16000]])  # warm-up
@@ -170,7 +183,7 @@ def run_profile(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(spec["threads"])
-    model = load_model(spec["model"])
+    model = load_model(spec["model"], _paths(spec.get("runtime", "torch")).get("dtype"))
     clips = _load_clips(spec["clips"])
     audio_seconds = sum(len(c) for c in clips) / 16000
     batches = [clips[k : k + spec["batch_size"]] for k in range(0, len(clips), spec["batch_size"])]
@@ -348,14 +361,12 @@ def _startup(model: str, base: dict[str, Any], timeout: float, runtimes: tuple[s
         ]
 
     for runtime in runtimes:
-        subprocess.run(
-            cli(model, "--runtime", runtime), capture_output=True, timeout=timeout, env=_env(threads)
-        )
+        subprocess.run(cli(model, *_flags(runtime)), capture_output=True, timeout=timeout, env=_env(threads))
     spec_file = _write_spec({**base, "model": FASTER_WHISPER, "compute_type": "int8", "startup": True})
     try:
         ours = {
-            f"asr transcribe (our model, --runtime {r})": round(
-                startup_seconds(cli(model, "--runtime", r), threads, timeout), 2
+            f"asr transcribe (our model, {' '.join(_flags(r))})": round(
+                startup_seconds(cli(model, *_flags(r)), threads, timeout), 2
             )
             for r in runtimes
         }
@@ -529,9 +540,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--runtimes",
         nargs="+",
-        choices=RUNTIMES,
+        choices=CHOICES,
         default=list(RUNTIMES),
-        help="our model's paths (default: both)",
+        help="our model's paths (default: numpy torch; torch-bf16: torch with bf16 weights)",
     )
     parser.add_argument("--out", default="bench.json", help="JSON report path (default: %(default)s)")
 
