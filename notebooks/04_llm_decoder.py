@@ -273,8 +273,8 @@ print(f"reference          {reference!r}")
 #    penalised), divide its logit by θ if it is positive and multiply it by θ if it is negative.
 #    Check it token for token against
 #    `model.generate(**inputs, max_new_tokens=N, repetition_penalty=1.1)`. Pass the penalty
-#    explicitly: without it `generate` uses `model.decoding.repetition_penalty`, which is 1.2 (the
-#    checkpoint's `generation_config.json`), not 1.0 or 1.1.
+#    explicitly: without it `generate` uses `model.decoding.repetition_penalty`, the checkpoint's
+#    `generation_config.json` value (1.0 for the shipped model; `DecodingConfig`'s default is 1.2).
 # 2. Time `greedy(N, use_cache)` for N = 8, 16, 32, 64 with and without cache (generate exactly N
 #    tokens: do not stop at `<|im_end|>`) and plot the curves. With a cache, each step processes one
 #    new position but attends to all earlier ones; without, it reruns the whole sequence. What does
