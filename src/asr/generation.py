@@ -25,7 +25,9 @@ class DecodingConfig:
         num_beams: 1 is greedy search.
         length_penalty: beam search scores are divided by ``length ** length_penalty``.
         repetition_penalty: CTRL's penalty on tokens already generated (1.0 switches it off);
-            1.2 was tuned on speechocean762 dev, where 1.0 let the frozen LLM loop.
+            1.2 was tuned on speechocean762 dev, where 1.0 let the early models loop. It also
+            penalises true repeats ("the" in a long sentence): both shipped checkpoints decode
+            with 1.0 (the one-pass model's native retraining ended its loops).
         no_repeat_ngram_size: forbid repeating n-grams of this size (0 switches it off).
         max_new_tokens_per_second / max_new_tokens_base: the cap on generated tokens,
             ``base + ceil(seconds * per_second)`` for each clip, so a loop stops early.
