@@ -96,6 +96,50 @@ def test_greedy_tokens_match_generate_alone_and_batched(talking: tuple) -> None:
     assert runtime.transcribe(clips) == model.transcribe(clips)
 
 
+def _answers(tokens: torch.Tensor, caps: list[int], eos: int) -> list[list[int]]:
+    """``generate``'s rows as answers: cut at each clip's cap and after the end of text."""
+    rows = [row[:cap] for row, cap in zip(tokens.tolist(), caps, strict=True)]
+    return [row[: row.index(eos) + 1] if eos in row else row for row in rows]
+
+
+def test_beam_search_matches_generate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Beam search (``num_beams`` 3, length penalty 1.5, repetition penalty 1.3): the same token
+    ids as transformers' ``generate`` for each clip, alone and in one batch, and not greedy's.
+
+    A random LLM never ends an answer, so the end-of-text row of its LM head is set to the mean of
+    its final hidden states (scaled): then some clips end by the end of text, at different steps
+    (the early-stopping rule and the batch shrinking are exercised), others at their cap."""
+    model = tiny_model(3, decoder_config={**tiny_config().decoder_config, "tie_word_embeddings": False})
+    clips = [clip(s) for s in (2.0, 3.1, 1.2, 4.0)]
+    for name in "ab":
+        (tmp_path / name).mkdir()
+    export_model(model, tmp_path / "a")
+    states = []
+    llama = numpy_model.llama
+    monkeypatch.setattr(numpy_model, "llama", lambda *a, **k: states.append(llama(*a, **k)) or states[-1])
+    RuntimeModel(tmp_path / "a").generate(clips)
+    monkeypatch.undo()
+    mean = torch.from_numpy(np.concatenate(states).mean(0))
+    eos = model.generation_config.eos_token_id
+    with torch.no_grad():
+        model.decoder.get_output_embeddings().weight[eos] = 0.55 * mean / mean.dot(mean)
+    export_model(model, tmp_path / "b")
+    runtime = RuntimeModel(tmp_path / "b")
+    runtime.decoding = runtime.decoding.replace(length_penalty=1.5, repetition_penalty=1.3)
+    options = {"num_beams": 3, "length_penalty": 1.5, "repetition_penalty": 1.3}
+    caps = [runtime.cap(c) for c in clips]
+    expected = []
+    with torch.no_grad():
+        for c, cap in zip(clips, caps, strict=True):  # alone: its own cap is the batch's
+            expected += _answers(model.generate(**model.processor(audio=[c]), **options), [cap], eos)
+    ended = [r[-1] == eos for r in expected]
+    assert any(ended) and not all(ended), "some answers should end by the end of text, some at the cap"
+    assert len({len(r) for r in expected if r[-1] == eos}) > 1, "answers should end at different steps"
+    assert runtime.generate(clips, num_beams=3) == expected
+    assert [runtime.generate([c], num_beams=3)[0] for c in clips] == expected
+    assert runtime.generate(clips, num_beams=1) != expected
+
+
 def test_ctc_guided_tokens_match_generate(tmp_path: Path) -> None:
     """CTC-guided greedy decoding (``generation.ctc_guide_weight``): the runtime writes the torch
     path's tokens, and the guide changes what plain greedy writes (the comparison is not vacuous)."""
@@ -157,9 +201,8 @@ def test_unsupported_names_the_reason(tmp_path: Path) -> None:
     assert "no config.json" in unsupported(tmp_path)
     config = json.loads((SHIPPED / "config.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps({**config, "projector_type": "conv_mlp"}))
-    (tmp_path / "generation_config.json").write_text(json.dumps({"num_beams": 4}))
     reason = unsupported(tmp_path)
-    assert "'conv_mlp'" in reason and "beam search" in reason
+    assert "'conv_mlp'" in reason
     two_pass = json.loads((TWO_PASS / "config.json").read_text())
     (tmp_path / "generation_config.json").write_text("{}")
     for change, words in (
@@ -196,7 +239,8 @@ def test_backend_choice(talking: tuple) -> None:
     assert isinstance(load_backend(model), ModelBackend)  # a loaded model stays in torch
     backend = load_backend(SHIPPED)  # auto: the shipped checkpoint runs in NumPy
     assert isinstance(backend, RuntimeBackend) and backend.name == "offline (numpy)"
-    assert not isinstance(load_backend(SHIPPED, num_beams=2), RuntimeBackend)
+    beams = load_backend(SHIPPED, num_beams=2)  # beam search runs in NumPy too
+    assert isinstance(beams, RuntimeBackend) and beams.num_beams == 2
     assert isinstance(load_backend(TWO_PASS), RuntimeBackend)  # the default model, too
     with pytest.raises(ValueError, match="runtime="):
         load_backend(SHIPPED, runtime="onnx")

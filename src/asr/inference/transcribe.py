@@ -109,11 +109,15 @@ class ModelBackend:
 
 class RuntimeBackend:
     """A checkpoint in NumPy (:class:`asr.runtime.RuntimeModel`; a two-pass model's first pass in
-    CTranslate2): the same greedy transcripts as :class:`ModelBackend` without torch
+    CTranslate2): the same transcripts as :class:`ModelBackend` without torch
     (tests/test_runtime.py)."""
 
     def __init__(
-        self, checkpoint: str | Path, max_new_tokens: int | None = None, threads: int | None = None
+        self,
+        checkpoint: str | Path,
+        max_new_tokens: int | None = None,
+        threads: int | None = None,
+        num_beams: int | None = None,
     ) -> None:
         from asr.runtime import RuntimeModel
 
@@ -125,10 +129,13 @@ class RuntimeBackend:
             checkpoint, log=lambda line: print(line, file=sys.stderr), threads=threads or 0
         )
         self.max_new_tokens = max_new_tokens
+        self.num_beams = num_beams
         self.name = f"{Path(checkpoint).name} (numpy)"
 
     def decode(self, clips: list[np.ndarray], contexts: list[str | None]) -> list[str]:
-        return self.model.transcribe(clips, contexts, max_new_tokens=self.max_new_tokens)
+        return self.model.transcribe(
+            clips, contexts, max_new_tokens=self.max_new_tokens, num_beams=self.num_beams
+        )
 
 
 # How the baseline decodes: no timestamps, no conditioning on previous text, no VAD (it sees exactly
@@ -234,8 +241,8 @@ def load_backend(
     :class:`ASRModel`, or a ready backend.
 
     ``runtime`` (checkpoint directories): ``auto`` runs a checkpoint in NumPy
-    (:class:`RuntimeBackend`) when :func:`asr.runtime.unsupported` finds nothing against it and
-    the decoding is greedy, else in torch; ``numpy`` insists (an error says why it cannot);
+    (:class:`RuntimeBackend`) when :func:`asr.runtime.unsupported` finds nothing against it, else
+    in torch; ``numpy`` insists (an error says why it cannot);
     ``torch`` is the training stack's own path (:class:`ModelBackend`).
 
     ``dtype`` (checkpoint directories): ``bfloat16`` casts every weight to bf16 in torch (the
@@ -250,9 +257,9 @@ def load_backend(
         if runtime != "torch" and dtype == "float32":
             from asr.runtime import unsupported
 
-            reason = unsupported(path) or ("beam search" if (num_beams or 1) > 1 else None)
+            reason = unsupported(path)
             if reason is None:
-                return RuntimeBackend(path, max_new_tokens, threads)
+                return RuntimeBackend(path, max_new_tokens, threads, num_beams)
             if runtime == "numpy":
                 raise ValueError(f"--runtime numpy: {reason}")
         _torch_threads(threads)

@@ -8,7 +8,7 @@ run (``--runtime auto``, the default; ``--runtime torch`` for the training stack
 
 - :mod:`asr.runtime.export`: the once-per-checkpoint export (with torch) and its cache;
 - :mod:`asr.runtime.numpy_model`: the arithmetic (log-mel, Whisper encoder, projector, Llama with
-  a key/value cache, greedy decoding, the teacher-forced scores of two-pass rescoring: the LLM's
+  a key/value cache, greedy and beam search, the teacher-forced scores of two-pass rescoring: the LLM's
   and Whisper's decoder's), checked against the torch modules in tests/test_runtime.py;
 - :mod:`asr.runtime.model`: :class:`RuntimeModel`, clips in, text out.
 """

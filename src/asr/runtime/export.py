@@ -8,7 +8,7 @@ keeps one export per checkpoint content under ``$ASR_CACHE/runtime/<fingerprint>
 temporary folder and renamed, so a killed export leaves nothing half-written.
 
 :func:`unsupported` says, from the checkpoint's json files alone, why a checkpoint needs the torch
-path: beam search, n-gram blocking, the padded encoder mode, a decoder other than a standard
+path: n-gram blocking, the padded encoder mode, a decoder other than a standard
 Llama, other projectors, CTC guidance without a CTC head, and two-pass models whose first pass is
 not the packaged Whisper or whose encoder has LoRA. A two-pass model's export adds Whisper's
 decoder and tokenizer, which its rescoring scores with; its first pass is the packaged
@@ -76,7 +76,6 @@ def unsupported(checkpoint: str | os.PathLike) -> str | None:
             "activation_function", "gelu"
         )
         != "gelu",
-        "beam search": int(generation.get("num_beams", 1)) != 1,
         "n-gram blocking": int(generation.get("no_repeat_ngram_size", 0)) != 0,
         "CTC guidance without a CTC head (model.ctc_weight 0)": float(generation.get("ctc_guide_weight") or 0)
         > 0

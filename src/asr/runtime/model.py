@@ -52,7 +52,7 @@ def map_safetensors(path: Path) -> dict[str, np.ndarray]:
 
 
 class RuntimeModel:
-    """Clips in, text out, as ``ASRModel.transcribe`` with greedy decoding, without torch or
+    """Clips in, text out, as ``ASRModel.transcribe`` (greedy or beam search), without torch or
     transformers: ``RuntimeModel.from_checkpoint("checkpoints/offline")``.
 
     The prompt's head (chat template and system prompt, before the audio) is the same for every
@@ -159,14 +159,33 @@ class RuntimeModel:
         max_new_tokens: int | None = None,
         first_pass: list[list[str]] | None = None,
         prompts: tuple[list[np.ndarray], list[np.ndarray]] | None = None,
+        num_beams: int | None = None,
     ) -> list[list[int]]:
-        """Token ids of each clip's answer (ending with the end-of-turn id unless capped);
+        """Token ids of each clip's answer (ending with the end-of-turn id unless capped), by
+        greedy or beam search as ``num_beams`` (default: the generation config's) says;
         ``first_pass``: a two-pass model's hypotheses of each clip (run here when not given);
         ``prompts``: those of :meth:`prompts`, when already built."""
         if prompts is None:
             first_pass = first_pass or self.run_first_pass(clips)
         audio, prompts = prompts or self.prompts(clips, contexts, first_pass)
         caps = [max_new_tokens or self.cap(clip) for clip in clips]
+        num_beams = num_beams or self.decoding.num_beams
+        if num_beams > 1:
+            if self.decoding.ctc_guide_weight:
+                raise ValueError(
+                    "CTC-guided decoding is greedy only: set generation.ctc_guide_weight 0 or num_beams 1"
+                )
+            return nm.beam_search(
+                prompts,
+                caps,
+                self.weights,
+                self.llm_dims,
+                self.eos,
+                num_beams,
+                length_penalty=self.decoding.length_penalty,
+                repetition_penalty=self.decoding.repetition_penalty,
+                head=self.head(),
+            )
         return nm.greedy(
             prompts,
             caps,
@@ -193,14 +212,16 @@ class RuntimeModel:
         audios: list[np.ndarray] | np.ndarray,
         context: list[str | None] | str | None = None,
         max_new_tokens: int | None = None,
+        num_beams: int | None = None,
     ) -> list[str]:
-        """16 kHz mono clips (each at most 30 s) -> text, in one batch."""
+        """16 kHz mono clips (each at most 30 s) -> text, in one batch (``num_beams``: default the
+        generation config's)."""
         audios = [audios] if isinstance(audios, np.ndarray) and audios.ndim == 1 else list(audios)
         clips = [load_audio(a, sampling_rate=SAMPLE_RATE, name=f"<clip {i}>") for i, a in enumerate(audios)]
         contexts = context if isinstance(context, list) else [context] * len(clips)
         first_pass = self.run_first_pass(clips)
         prompts = self.prompts(clips, contexts, first_pass)
-        ids = self.generate(clips, contexts, max_new_tokens, prompts=prompts)
+        ids = self.generate(clips, contexts, max_new_tokens, prompts=prompts, num_beams=num_beams)
         texts = [t.strip() for t in self.tokenizer.decode_batch(ids, skip_special_tokens=True)]
         if first_pass is None or self.decoding.first_pass_rescore is None:
             return texts

@@ -1,5 +1,5 @@
 """The whole inference path of a model in NumPy: log-mel -> Whisper encoder -> projector -> LLM with
-a key/value cache -> greedy decoding; for a two-pass model also the teacher-forced scores of its
+a key/value cache -> greedy or beam search; for a two-pass model also the teacher-forced scores of its
 rescoring (the LLM's and Whisper's decoder's log-probability of a given answer).
 
 Each function is the arithmetic of one part, written out as in openai/whisper's ``model.py``: the
@@ -394,6 +394,19 @@ def answer_logprobs(
     return [[next(it) for _ in candidates] for candidates in answers]
 
 
+def penalise(scores: np.ndarray, written: list[list[int]], penalty: float) -> np.ndarray:
+    """CTRL's repetition penalty, in place: each row's scores (B, V) of the tokens it has written
+    are divided by ``penalty`` where positive, multiplied where negative (as
+    ``asr.modeling.GeneratedRepetitionPenalty``)."""
+    if penalty != 1.0:
+        for j, seen in enumerate(written):
+            if seen:
+                seen = np.unique(seen)
+                picked = scores[j, seen]
+                scores[j, seen] = np.where(picked < 0, picked * penalty, picked / penalty)
+    return scores
+
+
 def next_tokens(
     logits: np.ndarray,
     written: list[list[int]],
@@ -403,14 +416,7 @@ def next_tokens(
 ) -> np.ndarray:
     """One greedy step: each row's next token from its logits (B, V) after its ``written`` tokens;
     a guided row's scorer advances by its token."""
-    if repetition_penalty != 1.0:
-        for j, seen in enumerate(written):
-            if seen:
-                seen = np.unique(seen)
-                picked = logits[j, seen]
-                logits[j, seen] = np.where(
-                    picked < 0, picked * repetition_penalty, picked / repetition_penalty
-                )
+    penalise(logits, written, repetition_penalty)
     if guide is None:
         return logits.argmax(-1)
     scorers, weight, top_k = guide
@@ -463,3 +469,110 @@ def greedy(
             cache.keep(np.array(keep))
         cache.reserve(int(cache.length.max()) + 1)
         hidden = llama(embed[tokens], np.ones(len(live), np.int64), cache, w, dims)
+
+
+@dataclass
+class _Beams:
+    """One clip's beam search: its running hypotheses (token lists and summed log-probabilities,
+    best first) and the finished ones (length-normalised score, tokens; best first)."""
+
+    cap: int
+    running: list[list[int]]
+    scores: np.ndarray
+    finished: list[tuple[float, list[int]]]
+
+    def step(self, logprobs: np.ndarray, eos: int, width: int, length_penalty: float) -> np.ndarray | None:
+        """Extend by one token from the running rows' log-probabilities (R, V). Returns which
+        running row each new running hypothesis continues (``width`` of them), or ``None`` once
+        nothing can beat the finished ones: transformers' rule with ``early_stopping=False``."""
+        vocab = logprobs.shape[1]
+        total = (logprobs + self.scores[:, None]).ravel()
+        keep = 2 * width  # enough that ``width`` continue even if every beam's best is the end
+        top = np.argpartition(-total, keep)[:keep]
+        top = top[np.argsort(-total[top], kind="stable")]
+        rows, tokens = np.divmod(top, vocab)
+        length = len(self.running[0]) + 1
+        ends = (tokens == eos) | (length >= self.cap)
+        for j in np.flatnonzero(ends[:width]):  # only the best ``width`` candidates may finish
+            tokens_j = self.running[rows[j]] + [int(tokens[j])]
+            self.finished.append((float(total[top[j]]) / length**length_penalty, tokens_j))
+        self.finished = sorted(self.finished, key=lambda f: -f[0])[:width]
+        go = np.flatnonzero(~ends)[:width]
+        if len(go) < width:  # at the cap
+            return None
+        self.running = [self.running[rows[j]] + [int(tokens[j])] for j in go]
+        self.scores = total[top[go]]
+        best_possible = self.scores[0] / length**length_penalty
+        if len(self.finished) == width and best_possible <= self.finished[-1][0]:
+            return None
+        return rows[go]
+
+
+def beam_search(
+    prompts: list[np.ndarray],
+    caps: list[int],
+    w: Weights,
+    dims: LlamaDims,
+    eos: int,
+    num_beams: int,
+    length_penalty: float = 1.0,
+    repetition_penalty: float = 1.0,
+    head: tuple[KVCache, int] | None = None,
+) -> list[list[int]]:
+    """Beam search of ``num_beams`` per row after its prompt embeddings, as transformers'
+    ``generate(num_beams=...)`` (defaults: ``early_stopping=False``): each step keeps the best
+    ``2 * num_beams`` continuations of a clip's beams; those among the first ``num_beams`` that end
+    (``eos``, kept, or the clip's cap ``caps[b]``) join its finished hypotheses, scored by their
+    summed log-probability over ``length ** length_penalty``; the best unfinished continue. A clip
+    stops once its best running score cannot beat its worst of ``num_beams`` finished ones, and
+    leaves the batch; its answer is its best finished hypothesis. The penalty applies to
+    log-probabilities (transformers' order in beam search). ``head`` as in :func:`greedy`.
+
+    A clip's beams share its prompt's keys and values, copied once; each step reorders only the
+    answers' positions of the rows whose hypotheses changed parent."""
+    n, width = len(prompts), num_beams
+    embed = w["llm.embed_tokens.weight"]
+    lm_head = w.get("llm.lm_head.weight", embed)
+    lengths = np.array([len(p) for p in prompts])
+    cache = _cache_after(head, dims, n, int(lengths.max()) + 16)
+    hidden = llama(np.concatenate(prompts), lengths, cache, w, dims)[np.cumsum(lengths) - 1]
+    starts = cache.length.copy()  # where each clip's answer begins
+    beams = [_Beams(cap, [[]], np.zeros(1, np.float32), []) for cap in caps]
+    live = list(range(n))  # clips still searching, in cache order; each has rows_per[j] rows
+    rows_per = [1] * n
+    while True:
+        logprobs = log_softmax(hidden @ lm_head.T)
+        written = [t for b in live for t in beams[b].running]
+        penalise(logprobs, written, repetition_penalty)
+        parents, first = [], 0
+        for b, r in zip(live, rows_per, strict=True):
+            parents.append(beams[b].step(logprobs[first : first + r], eos, width, length_penalty))
+            first += r
+        go = [j for j, p in enumerate(parents) if p is not None]
+        if not go:
+            return [beams[b].finished[0][1] for b in range(n)]
+        offsets = np.cumsum(rows_per) - rows_per
+        if any(r != width for r in rows_per):  # the first step: each clip's one row becomes its beams
+            rows = np.concatenate([offsets[j] + parents[j] for j in go])
+            cache.k, cache.v, cache.length = cache.k[:, rows], cache.v[:, rows], cache.length[rows]
+        else:
+            if len(go) < len(live):  # finished clips leave the batch (and the cache)
+                cache.keep(np.concatenate([offsets[j] + np.arange(width) for j in go]))
+            _reorder(cache, [parents[j] for j in go], starts[[live[j] for j in go]])
+        live, rows_per = [live[j] for j in go], [width] * len(go)
+        cache.reserve(int(cache.length.max()) + 1)
+        tokens = [beams[b].running[i][-1] for b in live for i in range(width)]
+        hidden = llama(embed[tokens], np.ones(len(tokens), np.int64), cache, w, dims)
+
+
+def _reorder(cache: KVCache, parents: list[np.ndarray], starts: np.ndarray) -> None:
+    """Each clip's beam rows (``len(parents[j])`` consecutive rows per clip, in order) take the
+    answer positions (from ``starts[j]``) of their parent rows; the prompt's are the same in all."""
+    width = len(parents[0]) if parents else 0
+    for j, (parent, start) in enumerate(zip(parents, starts, strict=True)):
+        if (parent == np.arange(width)).all():
+            continue
+        block = slice(j * width, (j + 1) * width)
+        end = int(cache.length[j * width])
+        for store in (cache.k, cache.v):
+            store[:, block, :, start:end] = store[:, block, :, start:end][:, parent]
