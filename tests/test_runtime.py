@@ -140,6 +140,39 @@ def test_beam_search_matches_generate(tmp_path: Path, monkeypatch: pytest.Monkey
     assert runtime.generate(clips, num_beams=1) != expected
 
 
+def test_ngram_blocking_matches_generate(talking: tuple) -> None:
+    """``no_repeat_ngram_size`` 1 and 2 (greedy and beam search, no repetition penalty, as
+    shipped): the same token ids as ``generate``, no answer repeats a token n-gram, and the
+    blocking changes what the random model writes (it loops without)."""
+    model, runtime = talking
+    clips = [clip(s) for s in (2.0, 3.1, 1.2, 4.0)]
+    caps = [runtime.cap(c) for c in clips]
+    eos = model.generation_config.eos_token_id
+    penalty = runtime.decoding.repetition_penalty
+    runtime.decoding = runtime.decoding.replace(repetition_penalty=1.0)
+    plain = runtime.generate(clips)
+    changed = False
+    try:
+        for size in (1, 2):
+            runtime.decoding = runtime.decoding.replace(no_repeat_ngram_size=size)
+            for beams in (1, 3):
+                options = {"num_beams": beams, "no_repeat_ngram_size": size, "repetition_penalty": 1.0}
+                expected = []
+                with torch.no_grad():
+                    for c, cap in zip(clips, caps, strict=True):
+                        expected += _answers(
+                            model.generate(**model.processor(audio=[c]), **options), [cap], eos
+                        )
+                for answer in expected:
+                    grams = [tuple(answer[i : i + size]) for i in range(len(answer) - size + 1)]
+                    assert len(grams) == len(set(grams))
+                assert runtime.generate(clips, num_beams=beams) == expected
+                changed |= beams == 1 and expected != plain
+    finally:
+        runtime.decoding = runtime.decoding.replace(no_repeat_ngram_size=0, repetition_penalty=penalty)
+    assert changed, "blocking should change what greedy writes"
+
+
 def test_ctc_guided_tokens_match_generate(tmp_path: Path) -> None:
     """CTC-guided greedy decoding (``generation.ctc_guide_weight``): the runtime writes the torch
     path's tokens, and the guide changes what plain greedy writes (the comparison is not vacuous)."""

@@ -37,7 +37,12 @@ def _model_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"checkpoint directory, or '{FASTER_WHISPER}' (default: $ASR_MODEL, else checkpoints/offline-2pass, else checkpoints/offline, in this folder or one above; the untrained model if absent)",
     )
     parser.add_argument("--batch-size", type=int, default=8, help="clips per forward pass (default: 8)")
-    parser.add_argument("--beam", type=int, default=1, help="beam width; 1 is greedy (default: 1)")
+    parser.add_argument(
+        "--beam",
+        type=int,
+        default=None,
+        help="beam width; 1 is greedy (default: the checkpoint's generation_config.json; faster-whisper: 1)",
+    )
     parser.add_argument(
         "--compute-type",
         default="int8",
@@ -184,8 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--compare-beam",
         type=int,
         default=None,
-        help="the --compare system's beam width (default: --beam), e.g. 5 to compare a two-pass "
-        "model whose first pass decodes with a beam of 5 against that first pass",
+        help="the --compare system's beam width (default: --beam, else its own default: 1 for "
+        "faster-whisper), e.g. 5 to compare a two-pass model whose first pass decodes with a beam "
+        "of 5 against that first pass",
     )
     p.add_argument("--report", default=None, help="per-utterance JSONL report path")
     p.add_argument("--json", default=None, help="write the summary rows as JSON here")

@@ -15,6 +15,7 @@ import math
 import os
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -634,7 +635,9 @@ class ASRModel(PreTrainedModel):
             embeds, attention_mask, options["past_key_values"] = self._prompt_head_cache(
                 input_ids, attention_mask, audio_mask, embeds
             )
-        tokens = self.decoder.generate(inputs_embeds=embeds, attention_mask=attention_mask, **options)
+        with warnings.catch_warnings():  # blocking only the answer's n-grams is what we want
+            warnings.filterwarnings("ignore", "Passing `no_repeat_ngram_size` with `inputs_embeds`")
+            tokens = self.decoder.generate(inputs_embeds=embeds, attention_mask=attention_mask, **options)
         if caps is not None:  # each clip's own cap (num_return_sequences rows per clip)
             caps = torch.tensor(caps).repeat_interleave(tokens.shape[0] // len(caps))
             past = torch.arange(tokens.shape[1], device=tokens.device)[None, :] >= caps[:, None]

@@ -76,7 +76,6 @@ def unsupported(checkpoint: str | os.PathLike) -> str | None:
             "activation_function", "gelu"
         )
         != "gelu",
-        "n-gram blocking": int(generation.get("no_repeat_ngram_size", 0)) != 0,
         "CTC guidance without a CTC head (model.ctc_weight 0)": float(generation.get("ctc_guide_weight") or 0)
         > 0
         and not config.get("ctc_weight"),

@@ -185,6 +185,7 @@ class RuntimeModel:
                 length_penalty=self.decoding.length_penalty,
                 repetition_penalty=self.decoding.repetition_penalty,
                 head=self.head(),
+                no_repeat_ngram_size=self.decoding.no_repeat_ngram_size,
             )
         return nm.greedy(
             prompts,
@@ -195,6 +196,7 @@ class RuntimeModel:
             repetition_penalty=self.decoding.repetition_penalty,
             head=self.head(),
             guide=self.guide(audio),
+            no_repeat_ngram_size=self.decoding.no_repeat_ngram_size,
         )
 
     def guide(self, audio: list[np.ndarray]) -> tuple[list[CTCPrefixScorer], float, int] | None:

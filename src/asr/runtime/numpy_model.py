@@ -407,15 +407,34 @@ def penalise(scores: np.ndarray, written: list[list[int]], penalty: float) -> np
     return scores
 
 
+def block_ngrams(scores: np.ndarray, written: list[list[int]], size: int) -> np.ndarray:
+    """transformers' ``no_repeat_ngram_size``, in place: a row's next token may not complete an
+    n-gram of ``size`` tokens that the row has already written (its score becomes -inf). It
+    stops the loops a decoder falls into ("a picturesque slap on the back ... a picturesque slap
+    on the back ..."), which neither the cap nor beam search prevents."""
+    if size > 0:
+        for j, seen in enumerate(written):
+            if len(seen) + 1 < size:
+                continue
+            prefix = seen[len(seen) - size + 1 :]
+            banned = [
+                seen[i + size - 1] for i in range(len(seen) - size + 1) if seen[i : i + size - 1] == prefix
+            ]
+            scores[j, banned] = -np.inf
+    return scores
+
+
 def next_tokens(
     logits: np.ndarray,
     written: list[list[int]],
     eos: int,
     repetition_penalty: float = 1.0,
     guide: tuple[list[CTCPrefixScorer], float, int] | None = None,
+    no_repeat_ngram_size: int = 0,
 ) -> np.ndarray:
     """One greedy step: each row's next token from its logits (B, V) after its ``written`` tokens;
     a guided row's scorer advances by its token."""
+    block_ngrams(logits, written, no_repeat_ngram_size)
     penalise(logits, written, repetition_penalty)
     if guide is None:
         return logits.argmax(-1)
@@ -439,13 +458,15 @@ def greedy(
     repetition_penalty: float = 1.0,
     head: tuple[KVCache, int] | None = None,
     guide: tuple[list[CTCPrefixScorer], float, int] | None = None,
+    no_repeat_ngram_size: int = 0,
 ) -> list[list[int]]:
     """Greedy decoding after each row's prompt embeddings (P_b, width), at most ``caps[b]`` tokens,
     ending at ``eos`` (kept). CTRL's repetition penalty applies to the tokens each row has
     generated (as ``asr.modeling.GeneratedRepetitionPenalty``). ``head``: a one-row cache of the
     positions every prompt starts with, and how many they are; the prompts then hold the rest.
     ``guide``: each row's CTC prefix scorer, the weight and top-k of CTC-guided decoding
-    (:mod:`asr.ctc_guide`, after the penalty, as ``asr.modeling.CTCGuide``)."""
+    (:mod:`asr.ctc_guide`, after the penalty, as ``asr.modeling.CTCGuide``).
+    ``no_repeat_ngram_size``: :func:`block_ngrams` before the penalty (transformers' order)."""
     n = len(prompts)
     embed = w["llm.embed_tokens.weight"]
     lm_head = w.get("llm.lm_head.weight", embed)  # tied (SmolLM2) or its own
@@ -456,7 +477,10 @@ def greedy(
     live = np.arange(n)  # rows still decoding
     while True:
         live_guide = None if guide is None else ([guide[0][r] for r in live], *guide[1:])
-        tokens = next_tokens(hidden @ lm_head.T, [out[r] for r in live], eos, repetition_penalty, live_guide)
+        written = [out[r] for r in live]
+        tokens = next_tokens(
+            hidden @ lm_head.T, written, eos, repetition_penalty, live_guide, no_repeat_ngram_size
+        )
         keep = []
         for j, r in enumerate(live):
             out[r].append(int(tokens[j]))
@@ -518,6 +542,7 @@ def beam_search(
     length_penalty: float = 1.0,
     repetition_penalty: float = 1.0,
     head: tuple[KVCache, int] | None = None,
+    no_repeat_ngram_size: int = 0,
 ) -> list[list[int]]:
     """Beam search of ``num_beams`` per row after its prompt embeddings, as transformers'
     ``generate(num_beams=...)`` (defaults: ``early_stopping=False``): each step keeps the best
@@ -526,7 +551,8 @@ def beam_search(
     summed log-probability over ``length ** length_penalty``; the best unfinished continue. A clip
     stops once its best running score cannot beat its worst of ``num_beams`` finished ones, and
     leaves the batch; its answer is its best finished hypothesis. The penalty applies to
-    log-probabilities (transformers' order in beam search). ``head`` as in :func:`greedy`.
+    log-probabilities (transformers' order in beam search); ``head`` and ``no_repeat_ngram_size``
+    as in :func:`greedy`.
 
     A clip's beams share its prompt's keys and values, copied once; each step reorders only the
     answers' positions of the rows whose hypotheses changed parent."""
@@ -543,6 +569,7 @@ def beam_search(
     while True:
         logprobs = log_softmax(hidden @ lm_head.T)
         written = [t for b in live for t in beams[b].running]
+        block_ngrams(logprobs, written, no_repeat_ngram_size)
         penalise(logprobs, written, repetition_penalty)
         parents, first = [], 0
         for b, r in zip(live, rows_per, strict=True):
