@@ -233,7 +233,8 @@ print(
 # the library path, in three steps: processor -> tensors, model -> token ids, processor -> text
 inputs = processor(audio=[clip])  # features + left-padded prompt: everything generate needs
 print("\nprocessor(audio=[clip]):", {k: tuple(v.shape) for k, v in inputs.items()})
-ids = model.generate(**inputs, max_new_tokens=N, repetition_penalty=1.0)  # no penalty, like our loop
+# greedy with no penalty and no n-gram blocking, like our loop (the checkpoint decodes otherwise: section 6)
+ids = model.generate(**inputs, max_new_tokens=N, num_beams=1, repetition_penalty=1.0, no_repeat_ngram_size=0)
 print(f"model.generate: token ids {tuple(ids.shape)}")
 ours = processor.decode(tokens)
 library = processor.batch_decode(ids)[0]
@@ -272,9 +273,10 @@ print(f"reference          {reference!r}")
 #    already among the *generated* tokens (once, however often it occurred; the prompt is not
 #    penalised), divide its logit by θ if it is positive and multiply it by θ if it is negative.
 #    Check it token for token against
-#    `model.generate(**inputs, max_new_tokens=N, repetition_penalty=1.1)`. Pass the penalty
-#    explicitly: without it `generate` uses `model.decoding.repetition_penalty`, the checkpoint's
-#    `generation_config.json` value (1.0 for the shipped model; `DecodingConfig`'s default is 1.2).
+#    `model.generate(**inputs, max_new_tokens=N, num_beams=1, no_repeat_ngram_size=0,
+#    repetition_penalty=1.1)`. Pass the options explicitly: without them `generate` decodes as
+#    `model.decoding` says, the checkpoint's `generation_config.json` (the shipped model: beam
+#    search, 4 beams, n-gram blocking, no penalty; `DecodingConfig`'s default penalty is 1.2).
 # 2. Time `greedy(N, use_cache)` for N = 8, 16, 32, 64 with and without cache (generate exactly N
 #    tokens: do not stop at `<|im_end|>`) and plot the curves. With a cache, each step processes one
 #    new position but attends to all earlier ones; without, it reruns the whole sequence. What does

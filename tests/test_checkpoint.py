@@ -18,12 +18,14 @@ pytestmark = pytest.mark.real
 # plus a margin for CPU numerics; the untrained model scores several hundred percent here.
 # Tighten it whenever a better checkpoint is shipped.
 # speechocean762: measured 43.0% at shipping (step 300 of experiment=native_enc_lora_2), the same
-# with the repetition penalty 1.0 it decodes with since 2026-12-01 (1.2 before); 45.2%, 50.4% before
+# with the repetition penalty 1.0 it decodes with since 2026-12-01 (1.2 before) and with the beam
+# search + n-gram blocking of 2026-12-02 (torch; greedy before); 45.2%, 50.4% before
 WER_BOUND = 0.53
 # the same on 24 clips spread over the LibriSpeech dev speakers: native read English
-# measured 45.8% with the penalty 1.0 (39.46% on all 659 clips: these 24 are a noisy sample); 52.2%
-# with 1.2; 48.8%, 45.7%, ~89% with the checkpoints before
-NATIVE_WER_BOUND = 0.50
+# measured 41.7% with beam search + n-gram blocking (36.03% on all 659 clips: these 24 are a noisy
+# sample); 45.8% greedy with the penalty 1.0, 52.2% with 1.2; 48.8%, 45.7%, ~89% with the
+# checkpoints before
+NATIVE_WER_BOUND = 0.46
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "checkpoints" / "offline"
 
@@ -68,10 +70,11 @@ def test_shipped_checkpoint_transcribes_native_english(shipped, shared_data):
 
 
 # Transcripts of the first speechocean762 dev clips, one clip at a time, by the checkpoint as
-# shipped (experiment=native_enc_lora_2, step 300; the same with the penalty 1.2 and 1.0): a change
-# that moves code must not move these.
+# shipped (experiment=native_enc_lora_2, step 300; beam search + n-gram blocking as in its
+# generation_config.json; greedy wrote "a kitten" for "elephant"): a change that moves code must
+# not move these.
 AS_SHIPPED = [
-    "mark is going to see a kitten",
+    "mark is going to see animal",
     "jack loves chinese",
     "two six four eight",
     "seven three four two",
@@ -92,8 +95,8 @@ def test_prompt_head_cache_keeps_real_transcripts(shipped, shared_data):
     for manifest, n in (("librispeech.dev.jsonl", 4), ("speechocean762.dev.jsonl", 8)):
         rows = [json.loads(line) for line in (shared_data / manifest).read_text().splitlines()][::50][:n]
         inputs = shipped.processor(audio=[load_audio(shared_data / r["audio"]) for r in rows])
-        cached = shipped.generate(**inputs)
-        plain = shipped.generate(**inputs, cache_prompt_head=False)
+        cached = shipped.generate(**inputs, num_beams=1)  # the cache serves greedy search only
+        plain = shipped.generate(**inputs, num_beams=1, cache_prompt_head=False)
         assert shipped.processor.batch_decode(cached) == shipped.processor.batch_decode(plain), manifest
 
 

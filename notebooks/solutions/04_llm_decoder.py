@@ -61,10 +61,11 @@ print(f"clip: {len(clip) / 16000:.2f} s, reference {reference!r}, {n_audio} audi
 # often it occurred; the prompt is not penalised) and divide its logit by θ if the logit is positive,
 # multiply it by θ if it is negative. Both make the token less likely; θ = 1 switches it off.
 #
-# The check needs `repetition_penalty` passed explicitly: without it, `model.generate` uses
-# `model.decoding.repetition_penalty`, the value in the checkpoint's `generation_config.json` (1.0,
-# no penalty, for the shipped one-pass model; `DecodingConfig`'s default is 1.2), not 1.1. We compare on the class clip and on a
-# synthetic clip that repeats a word, where a penalty has something to act on.
+# The check needs the options passed explicitly: without them, `model.generate` decodes as
+# `model.decoding` says, the checkpoint's `generation_config.json` (for the shipped one-pass model:
+# beam search with 4 beams, n-gram blocking, no penalty; `DecodingConfig`'s default penalty is 1.2).
+# `GREEDY` below makes `generate` a plain greedy search like our loop. We compare on the class clip
+# and on a synthetic clip that repeats a word, where a penalty has something to act on.
 
 
 # %%
@@ -104,14 +105,17 @@ def until_eos(ids: list[int]) -> list[int]:
     return ids[: ids.index(eos) + 1] if eos in ids else ids
 
 
+GREEDY = {"num_beams": 1, "no_repeat_ngram_size": 0}  # the search of our loop
 DEFAULT_PENALTY = model.decoding.repetition_penalty
 print(f"model.decoding.repetition_penalty = {DEFAULT_PENALTY} (what generate uses without the keyword)")
 for name, audio_in in {"class clip": clip, "repeated word": synthesize("nine nine nine nine nine")}.items():
     embeds = prompt_embeds(audio_in)
     clip_inputs = processor(audio=[audio_in])
     ours = {p: greedy_penalised(embeds, N, p) for p in (1.0, 1.1, DEFAULT_PENALTY)}
-    explicit = until_eos(model.generate(**clip_inputs, max_new_tokens=N, repetition_penalty=1.1)[0].tolist())
-    default = until_eos(model.generate(**clip_inputs, max_new_tokens=N)[0].tolist())
+    explicit = until_eos(
+        model.generate(**clip_inputs, max_new_tokens=N, repetition_penalty=1.1, **GREEDY)[0].tolist()
+    )
+    default = until_eos(model.generate(**clip_inputs, max_new_tokens=N, **GREEDY)[0].tolist())
     print(f"\n{name}:")
     for p, tokens in ours.items():
         print(f"  our loop, penalty {p}: {processor.decode(tokens)!r}")
