@@ -527,7 +527,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clips", type=int, default=16, help="first N rows of the manifest (default: 16)")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--compute-types", nargs="+", default=["int8", "float32"], help="faster-whisper's")
-    parser.add_argument("--beam", type=int, default=1)
+    parser.add_argument("--beam", type=int, default=1, help="beam width of both systems (default: 1, greedy)")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads per configuration (default: 2)")
     parser.add_argument(
         "--parts", nargs="+", choices=PARTS, default=list(PARTS), help="what to measure (default: all)"
