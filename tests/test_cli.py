@@ -89,7 +89,7 @@ def test_evaluate_compare_beam_sets_only_the_baselines_beam(
     summary = tmp_path / "s.json"
     options = ["--compare-beam", "2", "--json", str(summary), "--threads", "1", "--max-new-tokens", "3"]
     assert cli.main([*argv, *options]) == 0
-    assert beams == [1, 2] and len(json.loads(summary.read_text())) == 2
+    assert beams == [None, 2] and len(json.loads(summary.read_text())) == 2  # None: the checkpoint's own
     assert "same transcript" in capsys.readouterr().out
 
 
