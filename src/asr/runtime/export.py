@@ -8,7 +8,7 @@ keeps one export per checkpoint content under ``$ASR_CACHE/runtime/<fingerprint>
 temporary folder and renamed, so a killed export leaves nothing half-written.
 
 :func:`unsupported` says, from the checkpoint's json files alone, why a checkpoint needs the torch
-path: n-gram blocking, the padded encoder mode, a decoder other than a standard
+path: the padded encoder mode, a decoder other than a standard
 Llama, other projectors, CTC guidance without a CTC head, and two-pass models whose first pass is
 not the packaged Whisper or whose encoder has LoRA. A two-pass model's export adds Whisper's
 decoder and tokenizer, which its rescoring scores with; its first pass is the packaged

@@ -169,23 +169,20 @@ class RuntimeModel:
             first_pass = first_pass or self.run_first_pass(clips)
         audio, prompts = prompts or self.prompts(clips, contexts, first_pass)
         caps = [max_new_tokens or self.cap(clip) for clip in clips]
-        num_beams = num_beams or self.decoding.num_beams
-        if num_beams > 1:
-            if self.decoding.ctc_guide_weight:
-                raise ValueError(
-                    "CTC-guided decoding is greedy only: set generation.ctc_guide_weight 0 or num_beams 1"
-                )
+        # DecodingConfig checks the override as in torch (CTC guidance is greedy only)
+        decoding = self.decoding if num_beams is None else self.decoding.replace(num_beams=num_beams)
+        if decoding.num_beams > 1:
             return nm.beam_search(
                 prompts,
                 caps,
                 self.weights,
                 self.llm_dims,
                 self.eos,
-                num_beams,
-                length_penalty=self.decoding.length_penalty,
-                repetition_penalty=self.decoding.repetition_penalty,
+                decoding.num_beams,
+                length_penalty=decoding.length_penalty,
+                repetition_penalty=decoding.repetition_penalty,
                 head=self.head(),
-                no_repeat_ngram_size=self.decoding.no_repeat_ngram_size,
+                no_repeat_ngram_size=decoding.no_repeat_ngram_size,
             )
         return nm.greedy(
             prompts,
@@ -193,10 +190,10 @@ class RuntimeModel:
             self.weights,
             self.llm_dims,
             self.eos,
-            repetition_penalty=self.decoding.repetition_penalty,
+            repetition_penalty=decoding.repetition_penalty,
             head=self.head(),
             guide=self.guide(audio),
-            no_repeat_ngram_size=self.decoding.no_repeat_ngram_size,
+            no_repeat_ngram_size=decoding.no_repeat_ngram_size,
         )
 
     def guide(self, audio: list[np.ndarray]) -> tuple[list[CTCPrefixScorer], float, int] | None:

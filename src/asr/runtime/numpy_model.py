@@ -449,6 +449,19 @@ def next_tokens(
     return tokens
 
 
+def _prefill(
+    prompts: list[np.ndarray], w: Weights, dims: LlamaDims, head: tuple[KVCache, int] | None
+) -> tuple[np.ndarray, np.ndarray, KVCache, np.ndarray]:
+    """Run every row's prompt through the LLM (after the shared ``head``): the token embeddings,
+    the LM head (tied, as SmolLM2's, or its own), the cache and each row's last hidden state."""
+    embed = w["llm.embed_tokens.weight"]
+    lm_head = w.get("llm.lm_head.weight", embed)
+    lengths = np.array([len(p) for p in prompts])
+    cache = _cache_after(head, dims, len(prompts), int(lengths.max()) + 16)
+    hidden = llama(np.concatenate(prompts), lengths, cache, w, dims)[np.cumsum(lengths) - 1]
+    return embed, lm_head, cache, hidden
+
+
 def greedy(
     prompts: list[np.ndarray],
     caps: list[int],
@@ -468,11 +481,7 @@ def greedy(
     (:mod:`asr.ctc_guide`, after the penalty, as ``asr.modeling.CTCGuide``).
     ``no_repeat_ngram_size``: :func:`block_ngrams` before the penalty (transformers' order)."""
     n = len(prompts)
-    embed = w["llm.embed_tokens.weight"]
-    lm_head = w.get("llm.lm_head.weight", embed)  # tied (SmolLM2) or its own
-    lengths = np.array([len(p) for p in prompts])
-    cache = _cache_after(head, dims, n, int(lengths.max()) + 16)
-    hidden = llama(np.concatenate(prompts), lengths, cache, w, dims)[np.cumsum(lengths) - 1]
+    embed, lm_head, cache, hidden = _prefill(prompts, w, dims, head)
     out: list[list[int]] = [[] for _ in range(n)]
     live = np.arange(n)  # rows still decoding
     while True:
@@ -557,11 +566,7 @@ def beam_search(
     A clip's beams share its prompt's keys and values, copied once; each step reorders only the
     answers' positions of the rows whose hypotheses changed parent."""
     n, width = len(prompts), num_beams
-    embed = w["llm.embed_tokens.weight"]
-    lm_head = w.get("llm.lm_head.weight", embed)
-    lengths = np.array([len(p) for p in prompts])
-    cache = _cache_after(head, dims, n, int(lengths.max()) + 16)
-    hidden = llama(np.concatenate(prompts), lengths, cache, w, dims)[np.cumsum(lengths) - 1]
+    embed, lm_head, cache, hidden = _prefill(prompts, w, dims, head)
     starts = cache.length.copy()  # where each clip's answer begins
     beams = [_Beams(cap, [[]], np.zeros(1, np.float32), []) for cap in caps]
     live = list(range(n))  # clips still searching, in cache order; each has rows_per[j] rows
