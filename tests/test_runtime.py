@@ -74,6 +74,12 @@ def test_gelu_matches_torch() -> None:
     np.testing.assert_allclose(numpy_model.gelu(x), ref, atol=2e-6)
 
 
+def _answers(tokens: torch.Tensor, caps: list[int], eos: int) -> list[list[int]]:
+    """``generate``'s rows as answers: cut at each clip's cap and after the end of text."""
+    rows = [row[:cap] for row, cap in zip(tokens.tolist(), caps, strict=True)]
+    return [row[: row.index(eos) + 1] if eos in row else row for row in rows]
+
+
 def test_greedy_tokens_match_generate_alone_and_batched(talking: tuple) -> None:
     """The whole path: the same token ids as ``ASRModel.generate`` (greedy, repetition penalty on
     generated tokens, each clip's own cap), and a clip decodes the same in any batch, although
@@ -83,23 +89,12 @@ def test_greedy_tokens_match_generate_alone_and_batched(talking: tuple) -> None:
     clips = [clip(s) for s in (2.0, 3.1, 1.2, 4.0)]
     with torch.no_grad():
         tokens = model.generate(**model.processor(audio=clips))
-    eos = model.generation_config.eos_token_id
-    expected = []
-    for i, row in enumerate(tokens.tolist()):
-        cap = runtime.cap(clips[i])
-        row = row[:cap]
-        expected.append(row[: row.index(eos) + 1] if eos in row else row)
+    expected = _answers(tokens, [runtime.cap(c) for c in clips], model.generation_config.eos_token_id)
     assert any(len(r) > 16 for r in expected), "no answer outgrows the cache's first allocation"
     assert len({len(r) for r in expected}) > 1, "rows should finish at different steps"
     assert runtime.generate(clips) == expected
     assert [runtime.generate([c])[0] for c in clips] == expected
     assert runtime.transcribe(clips) == model.transcribe(clips)
-
-
-def _answers(tokens: torch.Tensor, caps: list[int], eos: int) -> list[list[int]]:
-    """``generate``'s rows as answers: cut at each clip's cap and after the end of text."""
-    rows = [row[:cap] for row, cap in zip(tokens.tolist(), caps, strict=True)]
-    return [row[: row.index(eos) + 1] if eos in row else row for row in rows]
 
 
 def test_beam_search_matches_generate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
