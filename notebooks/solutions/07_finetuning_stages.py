@@ -339,7 +339,8 @@ if tuned.config.lora:  # check the formula against the adapters peft really buil
 # spelling likelier than the right one.
 
 # %%
-whisper = FasterWhisperBackend(compute_type="int8", num_beams=1, threads=1)
+# float32, not int8: int8 kernels round per CPU (lecture)
+whisper = FasterWhisperBackend(compute_type="float32", num_beams=1, threads=1)
 traps = [
     ("please send the invoice to mark today", "Marc"),
     ("we will meet john in the lobby", "Jon"),
