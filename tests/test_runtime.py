@@ -74,6 +74,41 @@ def test_gelu_matches_torch() -> None:
     np.testing.assert_allclose(numpy_model.gelu(x), ref, atol=2e-6)
 
 
+def test_shared_prefix_attention_equals_copied_keys() -> None:
+    """Beam search's beams read their clip's prompt from one prefix row: the same attention as
+    every row holding its own copy of the prompt before its answer (rows of different lengths)."""
+    rng = np.random.default_rng(0)
+    clips, beams, kv, group, d, p, s = 3, 4, 2, 3, 8, 7, 5
+    n = clips * beams
+    q = rng.standard_normal((kv * group, n, d), dtype=np.float32)
+    prefix_k, prefix_v = (rng.standard_normal((clips, kv, p, d), dtype=np.float32) for _ in range(2))
+    keys, values = (rng.standard_normal((n, kv, s, d), dtype=np.float32) for _ in range(2))
+    prompt_len = np.array([7, 4, 6]).repeat(beams)  # each clip's prompt, shorter than the slots
+    answer_len = np.array([5, 3, 1]).repeat(beams)
+    seen = np.arange(p)[None, :] < prompt_len[:, None]
+    mine = np.arange(s)[None, :] < answer_len[:, None]
+    bias = numpy_model._mask(np.concatenate([seen, mine], 1))[:, None, None, :]
+    shared = numpy_model._attend_step(q, keys, values, bias, group, (prefix_k, prefix_v))
+    copied = numpy_model._attend_step(
+        q,
+        np.concatenate([prefix_k.repeat(beams, 0), keys], 2),
+        np.concatenate([prefix_v.repeat(beams, 0), values], 2),
+        bias,
+        group,
+    )
+    np.testing.assert_allclose(shared, copied, rtol=1e-5, atol=1e-6)
+    # and the attention of one row alone, by the prefill's per-row path
+    row = 5
+    alone = numpy_model._attend(
+        q[:, row : row + 1],
+        np.concatenate([prefix_k[row // beams], keys[row]], 1),
+        np.concatenate([prefix_v[row // beams], values[row]], 1),
+        bias[row, 0],
+        group,
+    )
+    np.testing.assert_allclose(shared[row : row + 1], alone, rtol=1e-5, atol=1e-6)
+
+
 def _answers(tokens: torch.Tensor, caps: list[int], eos: int) -> list[list[int]]:
     """``generate``'s rows as answers: cut at each clip's cap and after the end of text."""
     rows = [row[:cap] for row, cap in zip(tokens.tolist(), caps, strict=True)]

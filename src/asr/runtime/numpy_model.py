@@ -288,16 +288,57 @@ def _attend(q: np.ndarray, keys: np.ndarray, values: np.ndarray, bias: np.ndarra
     return out.reshape(h, t, d).transpose(1, 0, 2).reshape(t, h * d)
 
 
+def _attend_step(
+    q: np.ndarray,
+    keys: np.ndarray,
+    values: np.ndarray,
+    bias: np.ndarray,
+    group: int,
+    prefix: tuple[np.ndarray, np.ndarray] | None = None,
+) -> np.ndarray:
+    """One decoding step's grouped-query attention, every row at once: q (H, B, D), each row's
+    keys/values (B, KV, S, D), ``bias`` (B, 1, 1, [P +] S). ``prefix``: keys/values (C, KV, P, D)
+    that each of C equal consecutive groups of rows reads before its own, in one product per
+    group (beam search's beams of one clip and their prompt). Returns (B, H * D)."""
+    h, n, d = q.shape
+    qb = q.transpose(1, 0, 2).reshape(n, keys.shape[1], group, d)
+    scores = qb @ keys.transpose(0, 1, 3, 2)
+    if prefix is not None:
+        clips, beams, p = len(prefix[0]), n // len(prefix[0]), prefix[0].shape[2]
+        shared = _per_clip(qb, clips) @ prefix[0].transpose(0, 1, 3, 2)
+        scores = np.concatenate([_per_row(shared, beams), scores], -1)
+    scores *= np.float32(d**-0.5)
+    scores += bias
+    probs = softmax(scores)
+    if prefix is None:
+        return (probs @ values).reshape(n, h * d)
+    out = probs[..., p:] @ values
+    out += _per_row(_per_clip(probs[..., :p], clips) @ prefix[1], beams)
+    return out.reshape(n, h * d)
+
+
 def _mask(visible: np.ndarray) -> np.ndarray:
     """An additive attention mask: 0 where ``visible``, -inf elsewhere."""
     return np.where(visible, np.float32(0), np.float32(-np.inf))
 
 
-def llama(x: np.ndarray, lengths: np.ndarray, cache: KVCache, w: Weights, dims: LlamaDims) -> np.ndarray:
+def llama(
+    x: np.ndarray,
+    lengths: np.ndarray,
+    cache: KVCache,
+    w: Weights,
+    dims: LlamaDims,
+    prefix: KVCache | None = None,
+) -> np.ndarray:
     """Run embeddings ``x`` (N, width) through the LLM after what ``cache`` holds: each cache row's
     next positions, packed end to end (``lengths[0]`` vectors of row 0, then row 1's), so no work
     is spent on padding. Writes their keys/values into the cache and returns the final-norm hidden
-    states (N, width)."""
+    states (N, width).
+
+    ``prefix`` (one decoding step only): the cache's rows come in equal consecutive groups, one per
+    ``prefix`` row, and each continues its group's prefix row: beam search's beams of one clip
+    read their prompt's keys and values there, stored once, and keep only their answers in
+    ``cache``."""
     n = len(x)
     rows = np.arange(len(lengths))
     start = cache.length.copy()
@@ -306,16 +347,27 @@ def llama(x: np.ndarray, lengths: np.ndarray, cache: KVCache, w: Weights, dims: 
     positions = np.repeat(start, lengths) + offset  # ... and position in it
     end = start + lengths
     decode = bool((lengths == 1).all())  # one new position per row: attend in one batched product
+    if prefix is not None and not decode:
+        raise ValueError("a shared prefix is read by decoding steps only (one position per row)")
+    group = dims.heads // dims.kv_heads
     if decode:  # row r's query sees its slots [0, end[r])
         s = int(end.max())
         bias = _mask(np.arange(s)[None, :] < end[:, None])[:, None, None, :]
+        if prefix is not None:  # ... after its prefix row's [0, prefix.length)
+            beams = n // len(prefix.length)
+            sp = int(prefix.length.max())
+            seen = np.repeat(prefix.length, beams)
+            prefix_bias = _mask(np.arange(sp)[None, :] < seen[:, None])[:, None, None, :]
+            bias = np.concatenate(
+                [np.broadcast_to(prefix_bias, (n, 1, 1, sp)), np.broadcast_to(bias, (n, 1, 1, s))], -1
+            )
+            positions = positions + seen  # rotary positions continue the prefix
     else:  # causal within each row, after what the cache held
         masks = [
             _mask(np.arange(e)[None, :] <= (b + np.arange(t))[:, None])
             for t, b, e in zip(lengths, start, end, strict=True)
         ]
     spans = np.cumsum(lengths) - lengths
-    group = dims.heads // dims.kv_heads
     q_width, kv_width = dims.heads * dims.head_dim, dims.kv_heads * dims.head_dim
     cos, sin = rope_tables(positions, dims.head_dim, dims.rope_theta)
     for i in range(dims.layers):
@@ -326,14 +378,12 @@ def llama(x: np.ndarray, lengths: np.ndarray, cache: KVCache, w: Weights, dims: 
         k = qkv[:, q_width : q_width + kv_width].reshape(n, dims.kv_heads, dims.head_dim).transpose(1, 0, 2)
         v = qkv[:, q_width + kv_width :].reshape(n, dims.kv_heads, dims.head_dim)
         q = rope(q, cos, sin)
-        cache.k[i][row, :, positions] = rope(k, cos, sin).transpose(1, 0, 2)
-        cache.v[i][row, :, positions] = v
+        slots = positions if prefix is None else positions - seen
+        cache.k[i][row, :, slots] = rope(k, cos, sin).transpose(1, 0, 2)
+        cache.v[i][row, :, slots] = v
         if decode:  # q: (H, B, D), one position per row
-            keys, values = cache.k[i][:, :, :s], cache.v[i][:, :, :s]  # (B, KV, S, D)
-            qb = q.transpose(1, 0, 2).reshape(n, dims.kv_heads, group, dims.head_dim)
-            scores = (qb @ keys.transpose(0, 1, 3, 2)) * np.float32(dims.head_dim**-0.5)
-            scores += bias
-            attn = (softmax(scores) @ values).reshape(n, dims.heads * dims.head_dim)
+            shared = None if prefix is None else (prefix.k[i][:, :, :sp], prefix.v[i][:, :, :sp])
+            attn = _attend_step(q, cache.k[i][:, :, :s], cache.v[i][:, :, :s], bias, group, shared)
         else:
             attn = np.concatenate(
                 [
@@ -348,6 +398,18 @@ def llama(x: np.ndarray, lengths: np.ndarray, cache: KVCache, w: Weights, dims: 
         x = x + silu_mul(gate, up) @ w[p + "down_proj.weight"]
     cache.length = end
     return rms_norm(x, w["llm.norm.weight"], dims.rms_norm_eps)
+
+
+def _per_clip(x: np.ndarray, clips: int) -> np.ndarray:
+    """(B, KV, G, X) rows in equal consecutive groups -> (clips, KV, group size * G, X)."""
+    b, kv, g, d = x.shape
+    return x.reshape(clips, b // clips, kv, g, d).transpose(0, 2, 1, 3, 4).reshape(clips, kv, -1, d)
+
+
+def _per_row(x: np.ndarray, beams: int) -> np.ndarray:
+    """The inverse of :func:`_per_clip`: (clips, KV, beams * G, X) -> (clips * beams, KV, G, X)."""
+    c, kv, bg, d = x.shape
+    return x.reshape(c, kv, beams, bg // beams, d).transpose(0, 2, 1, 3, 4).reshape(c * beams, kv, -1, d)
 
 
 def _cache_after(head: tuple[KVCache, int] | None, dims: LlamaDims, batch: int, room: int) -> KVCache:
@@ -563,11 +625,12 @@ def beam_search(
     log-probabilities (transformers' order in beam search); ``head`` and ``no_repeat_ngram_size``
     as in :func:`greedy`.
 
-    A clip's beams share its prompt's keys and values, copied once; each step reorders only the
-    answers' positions of the rows whose hypotheses changed parent."""
+    A clip's beams read its prompt's keys and values from one row of the prompt cache (``llama``'s
+    ``prefix``) and keep only their answers' in their own rows; each step reorders the answer rows
+    of the clips whose hypotheses changed parent."""
     n, width = len(prompts), num_beams
-    embed, lm_head, cache, hidden = _prefill(prompts, w, dims, head)
-    starts = cache.length.copy()  # where each clip's answer begins
+    embed, lm_head, prompt, hidden = _prefill(prompts, w, dims, head)
+    cache: KVCache | None = None  # the beams' answers, from the first step on
     beams = [_Beams(cap, [[]], np.zeros(1, np.float32), []) for cap in caps]
     live = list(range(n))  # clips still searching, in cache order; each has rows_per[j] rows
     rows_per = [1] * n
@@ -583,28 +646,28 @@ def beam_search(
         go = [j for j, p in enumerate(parents) if p is not None]
         if not go:
             return [beams[b].finished[0][1] for b in range(n)]
-        offsets = np.cumsum(rows_per) - rows_per
-        if any(r != width for r in rows_per):  # the first step: each clip's one row becomes its beams
-            rows = np.concatenate([offsets[j] + parents[j] for j in go])
-            cache.k, cache.v, cache.length = cache.k[:, rows], cache.v[:, rows], cache.length[rows]
+        if len(go) < len(live):  # finished clips leave the batch (and the caches)
+            prompt.keep(np.array(go))
+            if cache is not None:
+                cache.keep(np.concatenate([j * width + np.arange(width) for j in go]))
+        if cache is None:  # the first step: each clip's one row becomes its beams, no answer yet
+            cache = KVCache(dims, len(go) * width, 16)
         else:
-            if len(go) < len(live):  # finished clips leave the batch (and the cache)
-                cache.keep(np.concatenate([offsets[j] + np.arange(width) for j in go]))
-            _reorder(cache, [parents[j] for j in go], starts[[live[j] for j in go]])
+            _reorder(cache, [parents[j] for j in go])
         live, rows_per = [live[j] for j in go], [width] * len(go)
         cache.reserve(int(cache.length.max()) + 1)
         tokens = [beams[b].running[i][-1] for b in live for i in range(width)]
-        hidden = llama(embed[tokens], np.ones(len(tokens), np.int64), cache, w, dims)
+        hidden = llama(embed[tokens], np.ones(len(tokens), np.int64), cache, w, dims, prefix=prompt)
 
 
-def _reorder(cache: KVCache, parents: list[np.ndarray], starts: np.ndarray) -> None:
+def _reorder(cache: KVCache, parents: list[np.ndarray]) -> None:
     """Each clip's beam rows (``len(parents[j])`` consecutive rows per clip, in order) take the
-    answer positions (from ``starts[j]``) of their parent rows; the prompt's are the same in all."""
+    answer positions of their parent rows."""
     width = len(parents[0]) if parents else 0
-    for j, (parent, start) in enumerate(zip(parents, starts, strict=True)):
+    for j, parent in enumerate(parents):
         if (parent == np.arange(width)).all():
             continue
         block = slice(j * width, (j + 1) * width)
         end = int(cache.length[j * width])
         for store in (cache.k, cache.v):
-            store[:, block, :, start:end] = store[:, block, :, start:end][:, parent]
+            store[:, block, :, :end] = store[:, block, :, :end][:, parent]
