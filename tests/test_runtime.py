@@ -15,8 +15,10 @@ import torch
 from conftest import speechlike, tiny_config, tiny_model
 from safetensors.numpy import load_file
 
+from asr.generation import DecodingConfig
 from asr.inference import Transcriber, load_backend
 from asr.inference.transcribe import ModelBackend, RuntimeBackend
+from asr.modeling import load_decoding
 from asr.precision import cpu_has_bf16
 from asr.runtime import RuntimeModel, numpy_model, unsupported
 from asr.runtime.export import FILES, export_model, fingerprint, prepare
@@ -283,7 +285,27 @@ def test_fingerprint_follows_the_checkpoint_content(tmp_path: Path) -> None:
         (tmp_path / name).write_bytes((SHIPPED / name).read_bytes())
     assert fingerprint(tmp_path) == fingerprint(SHIPPED)  # content, not the folder's name
     (tmp_path / "generation_config.json").write_text("{}")
+    assert fingerprint(tmp_path) == fingerprint(SHIPPED)  # decoding is read at load, not exported
+    (tmp_path / "config.json").write_text((SHIPPED / "config.json").read_text().replace("{", '{"x": 1, ', 1))
     assert fingerprint(tmp_path) != fingerprint(SHIPPED)
+
+
+def test_decoding_is_read_from_the_checkpoint_at_load(
+    talking: tuple, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An edited ``generation_config.json`` decodes as it says with the same export (no re-export);
+    read without transformers, it is what the torch path reads from the same file."""
+    exported = talking[1].folder
+    monkeypatch.setattr("asr.runtime.model.prepare", lambda checkpoint, log=None: exported)
+    assert RuntimeModel.from_checkpoint(tmp_path).decoding == talking[1].decoding  # no file: the export's
+    shipped = json.loads((SHIPPED / "generation_config.json").read_text())
+    edited = {**shipped, "num_beams": 2, "length_penalty": 0.7, "no_repeat_ngram_size": 3}
+    (tmp_path / "generation_config.json").write_text(json.dumps(edited))
+    runtime = RuntimeModel.from_checkpoint(tmp_path)
+    expected = load_decoding(SHIPPED, {}).replace(num_beams=2, length_penalty=0.7, no_repeat_ngram_size=3)
+    assert runtime.decoding == expected != talking[1].decoding
+    assert runtime.decoding == load_decoding(tmp_path, {})  # the torch path's reading of the file
+    assert DecodingConfig.from_dict(shipped) == load_decoding(SHIPPED, {})
 
 
 def test_transcribe_command_never_imports_torch() -> None:

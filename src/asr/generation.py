@@ -89,8 +89,14 @@ class DecodingConfig:
         """The options a saved ``GenerationConfig`` holds (defaults for the ones it lacks)."""
         if generation_config is None:
             return cls()
-        values = {f.name: getattr(generation_config, f.name, None) for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if v is not None})
+        return cls.from_dict({f.name: getattr(generation_config, f.name, None) for f in fields(cls)})
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> DecodingConfig:
+        """The options in ``values`` (a ``generation_config.json``'s, read without transformers by
+        the NumPy runtime); other keys are ignored, missing or ``None`` ones take the defaults."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in names and v is not None})
 
     def replace(self, **changes: Any) -> DecodingConfig:
         return type(self)(**{**asdict(self), **changes})

@@ -5,7 +5,9 @@ sources. :func:`export` does that once, with torch (``ASRModel.from_pretrained``
 adapters folded in), and writes every weight the NumPy runtime reads, in float32, linear layers as
 (in, out), plus ``runtime.json`` (shapes, prompt, decoding) and the tokenizer. :func:`prepare`
 keeps one export per checkpoint content under ``$ASR_CACHE/runtime/<fingerprint>``, written to a
-temporary folder and renamed, so a killed export leaves nothing half-written.
+temporary folder and renamed, so a killed export leaves nothing half-written. The decoding options
+are not part of it: ``RuntimeModel.from_checkpoint`` reads them from the checkpoint's
+``generation_config.json`` at load, so editing them costs no new export.
 
 :func:`unsupported` says, from the checkpoint's json files alone, why a checkpoint needs the torch
 path: the padded encoder mode, a decoder other than a standard
@@ -32,9 +34,8 @@ import numpy as np
 from asr.paths import PACKAGED_WHISPER, cache_dir
 
 FORMAT = 5  # bump when what export() writes changes: old exports are then rebuilt
-FILES = (
+FILES = (  # what the export is made of; the decoding options are read at load instead
     "config.json",
-    "generation_config.json",
     "processor_config.json",
     "model.safetensors",
     "tokenizer.json",
@@ -45,6 +46,7 @@ WHISPER_TOKENIZER = "whisper_tokenizer.json"
 PROJECTORS = ("stack_mlp", "stack_linear")
 WEIGHTS = "weights.safetensors"
 META = "runtime.json"
+GENERATION_CONFIG = "generation_config.json"  # transformers' GENERATION_CONFIG_NAME
 
 
 def _json(path: Path) -> dict[str, Any]:
@@ -58,7 +60,7 @@ def unsupported(checkpoint: str | os.PathLike) -> str | None:
         return f"{path}: no config.json"
     config = _json(path / "config.json")
     decoder = config.get("decoder_config", {})
-    generation = _json(path / "generation_config.json")
+    generation = _json(path / GENERATION_CONFIG)
     rope = decoder.get("rope_parameters") or {}
     two_pass = config.get("first_pass", "none") != "none"
     reasons = {
@@ -86,7 +88,9 @@ def unsupported(checkpoint: str | os.PathLike) -> str | None:
 
 def fingerprint(checkpoint: str | os.PathLike) -> str:
     """Content hash of the checkpoint's files, the packaged frozen weights' versions and
-    :data:`FORMAT`: a retrained checkpoint or a new package gets a new export."""
+    :data:`FORMAT`: a retrained checkpoint or a new package gets a new export. Not its
+    ``generation_config.json``: :meth:`RuntimeModel.from_checkpoint` reads the decoding options
+    from the checkpoint itself, so editing them never re-exports the weights."""
     digest = hashlib.sha256(f"format {FORMAT}".encode())
     for name in FILES:
         file = Path(checkpoint) / name

@@ -17,7 +17,15 @@ from asr.first_pass import CTranslate2FirstPass, disagreements, format_hypothese
 from asr.generation import DecodingConfig
 from asr.lengths import SAMPLE_RATE, WHISPER_WINDOW_FRAMES, mel_frames, seconds
 from asr.runtime import numpy_model as nm
-from asr.runtime.export import CONTEXT_MARK, FIRST_PASS_MARK, META, WEIGHTS, WHISPER_TOKENIZER, prepare
+from asr.runtime.export import (
+    CONTEXT_MARK,
+    FIRST_PASS_MARK,
+    GENERATION_CONFIG,
+    META,
+    WEIGHTS,
+    WHISPER_TOKENIZER,
+    prepare,
+)
 
 DTYPES = {"F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32}
 
@@ -85,8 +93,13 @@ class RuntimeModel:
     def from_checkpoint(
         cls, checkpoint: str | os.PathLike, log: Callable[[str], None] | None = None, threads: int = 0
     ) -> RuntimeModel:
-        """The export of a checkpoint folder (made on first use: :func:`asr.runtime.export.prepare`)."""
-        return cls(prepare(checkpoint, log=log), threads=threads)
+        """The export of a checkpoint folder (made on first use: :func:`asr.runtime.export.prepare`),
+        decoding as the folder's ``generation_config.json`` says now."""
+        model = cls(prepare(checkpoint, log=log), threads=threads)
+        generation = Path(checkpoint) / GENERATION_CONFIG
+        if generation.is_file():
+            model.decoding = DecodingConfig.from_dict(json.loads(generation.read_text()))
+        return model
 
     # ------------------------------------------------------------------ prompt
 
