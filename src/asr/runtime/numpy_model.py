@@ -84,6 +84,15 @@ def softmax(x: np.ndarray) -> np.ndarray:
     return x
 
 
+def log_softmax32(x: np.ndarray) -> np.ndarray:
+    """Log-softmax over the last axis, in place and in float32, as transformers' beam search
+    (``x``: a scratch array of logits; :func:`asr.ctc_guide.log_softmax`'s float64 copies of
+    a batch of beams' 49k-token rows would be most of beam search's memory)."""
+    x -= x.max(-1, keepdims=True)
+    x -= np.log(np.exp(x).sum(-1, keepdims=True))
+    return x
+
+
 # --------------------------------------------------------------------------- audio
 
 
@@ -635,7 +644,7 @@ def beam_search(
     live = list(range(n))  # clips still searching, in cache order; each has rows_per[j] rows
     rows_per = [1] * n
     while True:
-        logprobs = log_softmax(hidden @ lm_head.T)
+        logprobs = log_softmax32(hidden @ lm_head.T)
         written = [t for b in live for t in beams[b].running]
         block_ngrams(logprobs, written, no_repeat_ngram_size)
         penalise(logprobs, written, repetition_penalty)
