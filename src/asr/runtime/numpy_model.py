@@ -245,28 +245,38 @@ class LlamaDims:
 class KVCache:
     """Keys and values of every row, written at each row's own positions (a row's prompt fills
     ``[0, length)``, its answer follows), so rows of different lengths need no padding inside the
-    LLM: attention masks the slots a row has not written."""
+    LLM: attention masks the slots a row has not written. One array per layer (batch, KV heads,
+    slots, head dim), so growing or reordering the cache copies one layer at a time, never the
+    whole cache twice."""
 
     def __init__(self, dims: LlamaDims, batch: int, capacity: int) -> None:
-        shape = (dims.layers, batch, dims.kv_heads, capacity, dims.head_dim)
-        self.k = np.zeros(shape, np.float32)
-        self.v = np.zeros(shape, np.float32)
+        shape = (batch, dims.kv_heads, capacity, dims.head_dim)
+        self.k = [np.zeros(shape, np.float32) for _ in range(dims.layers)]
+        self.v = [np.zeros(shape, np.float32) for _ in range(dims.layers)]
         self.length = np.zeros(batch, np.int64)  # slots written, per row
 
     def reserve(self, capacity: int) -> None:
         """Room for ``capacity`` positions per row: grown by doubling, so a batch holds memory for
         the answers it writes, not for every row's cap (most transcripts end far before it)."""
-        have = self.k.shape[3]
+        have = self.k[0].shape[2]
         if capacity > have:
-            grow = [(0, 0)] * 3 + [(0, max(capacity, 2 * have) - have), (0, 0)]
-            self.k, self.v = np.pad(self.k, grow), np.pad(self.v, grow)
+            grow = [(0, 0)] * 2 + [(0, max(capacity, 2 * have) - have), (0, 0)]
+            for store in (self.k, self.v):
+                store[:] = [np.pad(store.pop(0), grow) for _ in range(len(store))]
 
     def keep(self, rows: np.ndarray) -> None:
-        """Keep only ``rows`` (ascending), moved to the front layer by layer: no second cache."""
-        for cache in (self.k, self.v):
-            for layer in cache:
+        """Keep only ``rows`` (ascending), moved to the front in place."""
+        for store in (self.k, self.v):
+            for i, layer in enumerate(store):
                 layer[: len(rows)] = layer[rows]
-        self.k, self.v, self.length = self.k[:, : len(rows)], self.v[:, : len(rows)], self.length[rows]
+                store[i] = layer[: len(rows)]
+        self.length = self.length[rows]
+
+    def take(self, rows: np.ndarray) -> None:
+        """Rows ``rows`` (any order; a row may repeat), copied."""
+        for store in (self.k, self.v):
+            store[:] = [store.pop(0)[rows] for _ in range(len(store))]
+        self.length = self.length[rows]
 
 
 def rope_tables(positions: np.ndarray, head_dim: int, theta: float) -> tuple[np.ndarray, np.ndarray]:
@@ -427,8 +437,9 @@ def _cache_after(head: tuple[KVCache, int] | None, dims: LlamaDims, batch: int, 
     start = head[1] if head else 0
     cache = KVCache(dims, batch, start + room)
     if head:
-        cache.k[:, :, :, :start] = head[0].k[:, :1, :, :start]
-        cache.v[:, :, :, :start] = head[0].v[:, :1, :, :start]
+        for store, from_head in ((cache.k, head[0].k), (cache.v, head[0].v)):
+            for layer, layer_head in zip(store, from_head, strict=True):
+                layer[:, :, :start] = layer_head[:1, :, :start]
         cache.length[:] = start
     return cache
 
@@ -450,7 +461,7 @@ def answer_logprobs(
     cache = _cache_after(head, dims, len(prompts), int(lengths.max()) + width)
     last = llama(np.concatenate(prompts), lengths, cache, w, dims)[np.cumsum(lengths) - 1]
     rows = np.repeat(np.arange(len(prompts)), [len(candidates) for candidates in answers])
-    cache.k, cache.v, cache.length = cache.k[:, rows], cache.v[:, rows], cache.length[rows]
+    cache.take(rows)
     flat = [a for candidates in answers for a in candidates]
     steps = np.array([len(a) - 1 for a in flat])  # an answer's last token is predicted, not fed
     hidden = llama(embed[[t for a in flat for t in a[:-1]]], steps, cache, w, dims) if steps.any() else None
@@ -521,14 +532,15 @@ def next_tokens(
 
 
 def _prefill(
-    prompts: list[np.ndarray], w: Weights, dims: LlamaDims, head: tuple[KVCache, int] | None
+    prompts: list[np.ndarray], w: Weights, dims: LlamaDims, head: tuple[KVCache, int] | None, room: int
 ) -> tuple[np.ndarray, np.ndarray, KVCache, np.ndarray]:
     """Run every row's prompt through the LLM (after the shared ``head``): the token embeddings,
-    the LM head (tied, as SmolLM2's, or its own), the cache and each row's last hidden state."""
+    the LM head (tied, as SmolLM2's, or its own), the cache (``room`` slots more for the answers)
+    and each row's last hidden state."""
     embed = w["llm.embed_tokens.weight"]
     lm_head = w.get("llm.lm_head.weight", embed)
     lengths = np.array([len(p) for p in prompts])
-    cache = _cache_after(head, dims, len(prompts), int(lengths.max()) + 16)
+    cache = _cache_after(head, dims, len(prompts), int(lengths.max()) + room)
     hidden = llama(np.concatenate(prompts), lengths, cache, w, dims)[np.cumsum(lengths) - 1]
     return embed, lm_head, cache, hidden
 
@@ -552,7 +564,7 @@ def greedy(
     (:mod:`asr.ctc_guide`, after the penalty, as ``asr.modeling.CTCGuide``).
     ``no_repeat_ngram_size``: :func:`block_ngrams` before the penalty (transformers' order)."""
     n = len(prompts)
-    embed, lm_head, cache, hidden = _prefill(prompts, w, dims, head)
+    embed, lm_head, cache, hidden = _prefill(prompts, w, dims, head, room=16)
     out: list[list[int]] = [[] for _ in range(n)]
     live = np.arange(n)  # rows still decoding
     while True:
@@ -638,7 +650,7 @@ def beam_search(
     ``prefix``) and keep only their answers' in their own rows; each step reorders the answer rows
     of the clips whose hypotheses changed parent."""
     n, width = len(prompts), num_beams
-    embed, lm_head, prompt, hidden = _prefill(prompts, w, dims, head)
+    embed, lm_head, prompt, hidden = _prefill(prompts, w, dims, head, room=0)  # answers: own rows
     cache: KVCache | None = None  # the beams' answers, from the first step on
     beams = [_Beams(cap, [[]], np.zeros(1, np.float32), []) for cap in caps]
     live = list(range(n))  # clips still searching, in cache order; each has rows_per[j] rows
@@ -678,5 +690,5 @@ def _reorder(cache: KVCache, parents: list[np.ndarray]) -> None:
             continue
         block = slice(j * width, (j + 1) * width)
         end = int(cache.length[j * width])
-        for store in (cache.k, cache.v):
-            store[:, block, :, :end] = store[:, block, :, :end][:, parent]
+        for layer in (*cache.k, *cache.v):
+            layer[block, :, :end] = layer[block, :, :end][parent]
