@@ -653,17 +653,17 @@ def beam_search(
     embed, lm_head, prompt, hidden = _prefill(prompts, w, dims, head, room=0)  # answers: own rows
     cache: KVCache | None = None  # the beams' answers, from the first step on
     beams = [_Beams(cap, [[]], np.zeros(1, np.float32), []) for cap in caps]
-    live = list(range(n))  # clips still searching, in cache order; each has rows_per[j] rows
-    rows_per = [1] * n
+    live = list(range(n))  # clips still searching, in cache order
     while True:
         logprobs = log_softmax32(hidden @ lm_head.T)
         written = [t for b in live for t in beams[b].running]
         block_ngrams(logprobs, written, no_repeat_ngram_size)
         penalise(logprobs, written, repetition_penalty)
-        parents, first = [], 0
-        for b, r in zip(live, rows_per, strict=True):
-            parents.append(beams[b].step(logprobs[first : first + r], eos, width, length_penalty))
-            first += r
+        r = 1 if cache is None else width  # each clip's rows: its one prompt row, then its beams
+        parents = [
+            beams[b].step(logprobs[j * r : (j + 1) * r], eos, width, length_penalty)
+            for j, b in enumerate(live)
+        ]
         go = [j for j, p in enumerate(parents) if p is not None]
         if not go:
             return [beams[b].finished[0][1] for b in range(n)]
@@ -675,7 +675,7 @@ def beam_search(
             cache = KVCache(dims, len(go) * width, 16)
         else:
             _reorder(cache, [parents[j] for j in go])
-        live, rows_per = [live[j] for j in go], [width] * len(go)
+        live = [live[j] for j in go]
         cache.reserve(int(cache.length.max()) + 1)
         tokens = [beams[b].running[i][-1] for b in live for i in range(width)]
         hidden = llama(embed[tokens], np.ones(len(tokens), np.int64), cache, w, dims, prefix=prompt)
