@@ -15,6 +15,7 @@ import pytest
 import soundfile as sf
 import torch
 from conftest import tiny_config, tiny_model
+from safetensors.torch import load_file, save_file
 
 from asr.config import ASRConfig
 from asr.corpus import prepare_examples
@@ -23,7 +24,7 @@ from asr.generation import DecodingConfig
 from asr.processing import ASRProcessor, PromptConfig
 from asr.prompt import IGNORE_INDEX
 from asr.training import DataConfig, TrainingConfig, train
-from asr.training.checkpoint import checkpoints
+from asr.training.checkpoint import average_checkpoints, checkpoints
 from asr.training.config import ConfigError, configs_from_hydra, model_schema, register_configs
 from asr.training.loop import build_model
 
@@ -159,6 +160,32 @@ def test_training_writes_checkpoints_logs_and_resumes_identically(tmp_path):
     # and it did learn something: weights moved from the initial projector
     init = tiny_model().trainable_state_dict()
     assert any(not torch.allclose(init[n], v) for n, v in straight["state"].items())
+
+    # `asr average`: the mean of the run's saves, a model folder that loads like any other
+    from asr.cli import main
+    from asr.modeling import ASRModel
+
+    saves = [load_file(str(p / "model.safetensors")) for p in checkpoints(tmp_path / "a")]
+    assert main(["average", str(tmp_path / "a"), "--out", str(tmp_path / "avg")]) == 0
+    averaged = ASRModel.from_pretrained(tmp_path / "avg").trainable_state_dict()
+    for name, value in averaged.items():
+        assert torch.allclose(value, (saves[0][name] + saves[1][name]) / 2, atol=1e-6), name
+    assert not (tmp_path / "avg" / "optimizer.pt").exists()  # the run's state stays behind
+    assert main(["average", str(tmp_path / "a"), "--from-step", "4", "--out", str(tmp_path / "last")]) == 0
+    only_last = load_file(str(tmp_path / "last" / "model.safetensors"))
+    assert all(torch.equal(only_last[n], saves[1][n]) for n in saves[1])
+    assert main(["average", str(tmp_path / "a"), "--from-step", "7", "--out", str(tmp_path / "none")]) == 2
+
+
+def test_averaging_refuses_checkpoints_of_different_models(tmp_path):
+    for name, width in [("a", 4), ("b", 6)]:
+        (tmp_path / name).mkdir()
+        save_file({"projector.weight": torch.zeros(width, 2)}, str(tmp_path / name / "model.safetensors"))
+    with pytest.raises(ValueError, match="do not match"):
+        average_checkpoints([tmp_path / "a", tmp_path / "b"], tmp_path / "out")
+    with pytest.raises(FileNotFoundError, match="no model.safetensors"):
+        average_checkpoints([tmp_path / "a", tmp_path], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 def test_encoder_lora_trains_on_features_not_stored_frames(tmp_path):

@@ -1,4 +1,4 @@
-"""The ``asr`` command: transcribe, evaluate, trace, demo, push.
+"""The ``asr`` command: transcribe, evaluate, trace, demo, push, average.
 
     asr transcribe talk.wav more.opus --model checkpoints/offline --format json,srt --output-dir out/
     asr evaluate --model checkpoints/offline --manifest ../shared/data/speechocean762.dev.jsonl --limit 100 \\
@@ -7,6 +7,7 @@
     asr trace clip.wav --out trace_output/
     asr demo                                                    # browser demo on 127.0.0.1:7860
     asr push checkpoints/offline user/asr-offline               # publish a checkpoint to the Hub
+    asr average outputs/native_swa --from-step 150 --out outputs/native_swa/averaged
 
 ``--model`` takes a checkpoint directory saved by ``ASRModel.save_pretrained`` or the literal
 ``faster-whisper`` (Whisper tiny.en through CTranslate2, the packaged offline baseline).
@@ -158,6 +159,21 @@ def cmd_push(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_average(args: argparse.Namespace) -> int:
+    from asr.training.checkpoint import average_checkpoints, checkpoints, step_of
+
+    sources: list[Path] = []
+    for given in map(Path, args.checkpoints):
+        found = checkpoints(given) if (given / "checkpoints").is_dir() else [given]
+        sources += [p for p in found if args.from_step is None or (step_of(p) or 0) >= args.from_step]
+    if not sources:
+        print(f"asr average: no checkpoint in {args.checkpoints} from step {args.from_step}", file=sys.stderr)
+        return 2
+    out = average_checkpoints(sources, Path(args.out))
+    print(f"averaged {len(sources)} checkpoints ({', '.join(p.name for p in sources)}) into {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="asr", description="Encoder-projector-LLM speech recognition.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -215,6 +231,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--card", default=None, help="model card (default: CHECKPOINT/README.md)")
     p.add_argument("--private", action="store_true", help="create the repository private")
     p.set_defaults(func=cmd_push)
+
+    p = sub.add_parser("average", help="average the trainable weights of several checkpoints of a run")
+    p.add_argument(
+        "checkpoints",
+        nargs="+",
+        help="checkpoint folders, or a run's output_dir (its checkpoints/step-N folders)",
+    )
+    p.add_argument("--from-step", type=int, default=None, help="only step-N checkpoints with N >= this")
+    p.add_argument("--out", required=True, help="the averaged model's folder")
+    p.set_defaults(func=cmd_average)
     return parser
 
 

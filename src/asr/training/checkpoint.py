@@ -3,7 +3,8 @@
 ``<output_dir>/checkpoints/step-N`` holds the trainable weights, optimiser, scheduler, RNG states
 and the data position (``state.json``, written last: it marks the checkpoint complete), so a resumed
 run replays the same data order and learning-rate schedule. ``<output_dir>/final`` is the model
-alone (config, generation config, processor, trainable weights).
+alone (config, generation config, processor, trainable weights). :func:`average_checkpoints` writes
+the mean of several saves' trainable weights as one more such folder (``asr average``).
 """
 
 from __future__ import annotations
@@ -17,11 +18,13 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import Accelerator
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from asr.modeling import WEIGHTS_NAME, ASRModel
 
 CHECKPOINT_PREFIX = "step-"
+# files of a step checkpoint that belong to the run, not to the model
+RUN_STATE_FILES = {"optimizer.pt", "scheduler.pt", "rng.pt", "state.json"}
 
 
 def checkpoints(output_dir: Path) -> list[Path]:
@@ -88,3 +91,44 @@ def save_final(model: ASRModel, output_dir: Path) -> Path:
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
     return final
+
+
+def step_of(path: Path) -> int | None:
+    """The step of a ``step-N`` checkpoint folder, ``None`` for any other folder."""
+    name = path.name
+    return int(name[len(CHECKPOINT_PREFIX) :]) if name.startswith(CHECKPOINT_PREFIX) else None
+
+
+def average_checkpoints(sources: list[Path], out: Path) -> Path:
+    """Write the element-wise mean of the sources' trainable weights as a model folder at ``out``
+    (atomically), with the newest source's config, generation config and processor files.
+
+    Averaging the saves of a run at a constant learning rate (stochastic weight averaging) lands
+    nearer the middle of the region they wander in than any one save. LoRA's two factors are
+    averaged separately, which is close to averaging their product while the saves are close."""
+    if not sources:
+        raise ValueError("average_checkpoints: no checkpoints given")
+    states = []
+    for source in sources:
+        weights = source / WEIGHTS_NAME
+        if not weights.is_file():
+            raise FileNotFoundError(f"{source}: no {WEIGHTS_NAME} (not a checkpoint folder)")
+        states.append(load_file(str(weights)))
+    names = set(states[0])
+    for source, state in zip(sources[1:], states[1:], strict=True):
+        if set(state) != names or any(state[n].shape != states[0][n].shape for n in names):
+            raise ValueError(f"{source}: its weights do not match {sources[0]}'s (another model?)")
+    mean = {
+        n: (sum(s[n].double() for s in states) / len(states)).to(states[0][n].dtype) for n in sorted(names)
+    }
+    newest = max(sources, key=lambda p: (step_of(p) or -1, str(p)))
+    tmp = out.parent / f".tmp-{out.name}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for file in newest.iterdir():
+        if file.is_file() and file.name not in RUN_STATE_FILES and file.name != WEIGHTS_NAME:
+            shutil.copy2(file, tmp / file.name)
+    save_file(mean, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out
