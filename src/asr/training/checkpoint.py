@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import random
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,24 @@ CHECKPOINT_PREFIX = "step-"
 RUN_STATE_FILES = {"optimizer.pt", "scheduler.pt", "rng.pt", "state.json"}
 
 
+def step_of(path: Path) -> int | None:
+    """The step of a ``step-N`` checkpoint folder, ``None`` for any other folder."""
+    name = path.name
+    return int(name[len(CHECKPOINT_PREFIX) :]) if name.startswith(CHECKPOINT_PREFIX) else None
+
+
+@contextmanager
+def atomic_folder(final: Path) -> Iterator[Path]:
+    """A fresh temp folder beside ``final`` to write into; renamed to ``final`` (replacing it)
+    once the block completes, so ``final`` is never half-written."""
+    tmp = final.parent / f".tmp-{final.name}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    yield tmp
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+
+
 def checkpoints(output_dir: Path) -> list[Path]:
     """Complete checkpoints, oldest first (temporary folders are never listed)."""
     root = output_dir / "checkpoints"
@@ -35,7 +55,7 @@ def checkpoints(output_dir: Path) -> list[Path]:
         if root.is_dir()
         else []
     )
-    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX) :]))
+    return sorted(found, key=step_of)
 
 
 def save_checkpoint(
@@ -49,22 +69,16 @@ def save_checkpoint(
 ) -> Path:
     """Write ``checkpoints/step-N`` atomically: everything into a temp folder, then one rename;
     then drop all but the ``keep`` newest."""
-    root = output_dir / "checkpoints"
-    final = root / f"{CHECKPOINT_PREFIX}{state['step']}"
-    tmp = root / f".tmp-{CHECKPOINT_PREFIX}{state['step']}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    accelerator.unwrap_model(model).save_pretrained(tmp)
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-    torch.save(
-        {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()},
-        tmp / "rng.pt",
-    )
-    (tmp / "state.json").write_text(json.dumps(state, indent=2))  # written last: marks completeness
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.rename(final)
+    final = output_dir / "checkpoints" / f"{CHECKPOINT_PREFIX}{state['step']}"
+    with atomic_folder(final) as tmp:
+        accelerator.unwrap_model(model).save_pretrained(tmp)
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        torch.save(
+            {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()},
+            tmp / "rng.pt",
+        )
+        (tmp / "state.json").write_text(json.dumps(state, indent=2))  # written last: marks completeness
     for old in checkpoints(output_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -85,18 +99,9 @@ def load_checkpoint(path: Path, model: ASRModel, optimizer, scheduler) -> dict[s
 def save_final(model: ASRModel, output_dir: Path) -> Path:
     """The trained model (no optimiser state) as ``<output_dir>/final``, atomically."""
     final = output_dir / "final"
-    tmp = output_dir / ".tmp-final"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
+    with atomic_folder(final) as tmp:
+        model.save_pretrained(tmp)
     return final
-
-
-def step_of(path: Path) -> int | None:
-    """The step of a ``step-N`` checkpoint folder, ``None`` for any other folder."""
-    name = path.name
-    return int(name[len(CHECKPOINT_PREFIX) :]) if name.startswith(CHECKPOINT_PREFIX) else None
 
 
 def average_checkpoints(sources: list[Path], out: Path) -> Path:
@@ -122,13 +127,9 @@ def average_checkpoints(sources: list[Path], out: Path) -> Path:
         n: (sum(s[n].double() for s in states) / len(states)).to(states[0][n].dtype) for n in sorted(names)
     }
     newest = max(sources, key=lambda p: (step_of(p) or -1, str(p)))
-    tmp = out.parent / f".tmp-{out.name}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for file in newest.iterdir():
-        if file.is_file() and file.name not in RUN_STATE_FILES and file.name != WEIGHTS_NAME:
-            shutil.copy2(file, tmp / file.name)
-    save_file(mean, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    with atomic_folder(out) as tmp:
+        for file in newest.iterdir():
+            if file.is_file() and file.name not in RUN_STATE_FILES and file.name != WEIGHTS_NAME:
+                shutil.copy2(file, tmp / file.name)
+        save_file(mean, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
     return out
