@@ -158,3 +158,19 @@ def test_faster_whisper_longform_worker(spec: dict, long_file: tuple[Path, str])
     assert "error" not in result, result
     assert "BatchedInferencePipeline" in result["system"] and len(result["texts"]) == 1
     assert result["audio_seconds"] == 10.0
+
+
+def test_ctc_draft_replay_counts_speculative_passes():
+    """benchmarks/ctc_draft.py: a draft that holds the transcript writes it in one pass per
+    ``k + 1`` tokens; a wrong draft gains nothing; the lookup resumes where the draft holds a written token."""
+    import ctc_draft
+
+    written = [5, 6, 7, 8, 9, 2]
+    assert ctc_draft.passes(written, written, 16) == 1
+    assert ctc_draft.passes(written, written, 2) == 2  # 3 tokens a pass
+    assert ctc_draft.passes(written, [40, 41, 42], 4) == len(written)
+    # the draft drops 7: pass 1 keeps 5, 6 and the LLM writes 7; the draft has no 7 to look up,
+    # so pass 2 writes 8 alone; from 8 the draft guesses 9, 2 (right): 3 passes
+    assert ctc_draft.propose([5, 6, 7], [5, 6, 8, 9, 2], 4) == []
+    assert ctc_draft.propose([5, 6, 7, 8], [5, 6, 8, 9, 2], 4) == [9, 2]
+    assert ctc_draft.passes(written, [5, 6, 8, 9, 2], 4) == 3
