@@ -351,19 +351,22 @@ def test_bfloat16_is_torch_only_and_casts_every_weight() -> None:
     not cpu_has_bf16(), reason="bf16 is ~100x slower than float32 on a CPU without AVX-512 BF16/AMX"
 )
 def test_shipped_checkpoint_bfloat16_within_tolerance(shared_data: Path) -> None:
-    """bf16 weights change rounding, so a few words: on the whole dev sets the WER moved by
-    -0.31 (LibriSpeech) and +0.22 (speechocean762) points. On 8 real LibriSpeech dev clips most
-    bf16 transcripts equal float32's (5 of 8 at shipping; the others part where the model guesses
-    anyway), and their WER stays close."""
+    """bf16 weights change rounding, so a few words: on the whole dev sets the shipped stage F's
+    WER moved by +0.24 (LibriSpeech) and +0.47 (speechocean762) points. On 24 real LibriSpeech
+    dev clips most bf16 transcripts equal float32's (18 of 24 on an AMX CPU at 2026-12-02; the
+    others part where the model guesses anyway), and their WER stays close (+2.6 points there:
+    one clip that parts early moves 8 clips' WER by 5.9, so fewer clips are too noisy to bound)."""
     from asr.audio import load_audio
     from asr.evaluate import corpus_wer
 
-    rows = [json.loads(line) for line in (shared_data / "librispeech.dev.jsonl").read_text().splitlines()[:8]]
+    rows = [
+        json.loads(line) for line in (shared_data / "librispeech.dev.jsonl").read_text().splitlines()[:24]
+    ]
     clips = [load_audio(str(shared_data / r["audio"])) for r in rows]
     refs = [r["text"] for r in rows]
     f32 = RuntimeModel(prepare(SHIPPED)).transcribe(clips)  # = the torch float32 path (above)
     bf16 = [t.text for t in Transcriber(SHIPPED, dtype="bfloat16")(clips)]
-    assert sum(a == b for a, b in zip(f32, bf16, strict=True)) >= 4
+    assert sum(a == b for a, b in zip(f32, bf16, strict=True)) >= 12
     assert abs(corpus_wer(refs, bf16) - corpus_wer(refs, f32)) < 0.05
 
 
