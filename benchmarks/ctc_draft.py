@@ -22,6 +22,7 @@ import torch
 from asr.audio import load_audio
 from asr.ctc import ctc_greedy
 from asr.data import BadRows, read_manifest
+from asr.generation import through_eos
 from asr.inference.transcribe import load_model
 
 
@@ -81,7 +82,7 @@ def main() -> None:
             audio, n_audio = model.audio_embeddings(inputs["input_features"], inputs["mel_lengths"])
             drafts = ctc_greedy(model.ctc_head(audio, embeddings), n_audio)
         for row, draft in zip(tokens.tolist(), drafts, strict=True):
-            written = row[: row.index(eos) + 1] if eos in row else row
+            written = through_eos(row, eos)
             written_tokens += len(written)
             for k in sizes:
                 needed[k] += passes(written, [*draft, eos], k)

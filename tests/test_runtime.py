@@ -15,7 +15,7 @@ import torch
 from conftest import speechlike, tiny_config, tiny_model
 from safetensors.numpy import load_file
 
-from asr.generation import DecodingConfig
+from asr.generation import DecodingConfig, through_eos
 from asr.inference import Transcriber, load_backend
 from asr.inference.transcribe import ModelBackend, RuntimeBackend
 from asr.modeling import load_decoding
@@ -114,7 +114,14 @@ def test_shared_prefix_attention_equals_copied_keys() -> None:
 def _answers(tokens: torch.Tensor, caps: list[int], eos: int) -> list[list[int]]:
     """``generate``'s rows as answers: cut at each clip's cap and after the end of text."""
     rows = [row[:cap] for row, cap in zip(tokens.tolist(), caps, strict=True)]
-    return [row[: row.index(eos) + 1] if eos in row else row for row in rows]
+    return [through_eos(row, eos) for row in rows]
+
+
+def test_through_eos_keeps_the_end_of_text_and_drops_the_padding_after_it() -> None:
+    assert through_eos([5, 6, 2, 2, 2], eos=2) == [5, 6, 2]
+    assert through_eos([2, 7], eos=2) == [2]
+    assert through_eos([5, 6, 7], eos=2) == [5, 6, 7]  # capped before the end: all of it
+    assert through_eos([], eos=2) == []
 
 
 def test_greedy_tokens_match_generate_alone_and_batched(talking: tuple) -> None:

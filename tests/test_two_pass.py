@@ -14,6 +14,7 @@ from asr.audio import load_audio
 from asr.corpus import prepare_examples
 from asr.data import BadRows, Collator
 from asr.first_pass import CTranslate2FirstPass, first_pass_key, format_hypotheses
+from asr.generation import through_eos
 from asr.prompt import IGNORE_INDEX, normalize_target
 from asr.store import FileKeys, HypothesisStore, source_key
 
@@ -171,7 +172,7 @@ def test_rescoring_keeps_the_answer_the_two_models_prefer() -> None:
     audio, n_audio = model.audio_embeddings(inputs["input_features"], inputs["mel_lengths"])
     prompts = (inputs["input_ids"], inputs["attention_mask"], inputs["audio_mask"], audio, n_audio)
     eos = model.generation_config.eos_token_id
-    own_ids = [row[: row.index(eos) + 1] if eos in row else row for row in tokens.tolist()]
+    own_ids = [through_eos(row, eos) for row in tokens.tolist()]
     plain = ["yes", "first pass number 1", "a first pass much longer it is number 2"]
     first_ids = [processor.prompt_builder.answer_ids(t) for t in plain]
     gain = model.answer_logprobs(*prompts, own_ids) - model.answer_logprobs(*prompts, first_ids)

@@ -106,3 +106,10 @@ class DecodingConfig:
         ``generate`` and ``transcribe`` accept any decoding option as a keyword."""
         overrides = {k: kwargs.pop(k) for k in asdict(self) if k in kwargs}
         return self.replace(**overrides) if overrides else self
+
+
+def through_eos(row: list[int], eos: int) -> list[int]:
+    """A generated row up to and including its first end-of-text token (all of it if none):
+    ``generate`` pads finished rows of a batch after that token, and an answer scored or counted
+    on its own must not carry the padding."""
+    return row[: row.index(eos) + 1] if eos in row else row

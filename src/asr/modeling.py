@@ -45,7 +45,7 @@ from asr.ctc import CTCHead
 from asr.ctc_guide import CTCPrefixScorer, best, guided_scores, log_softmax
 from asr.encoder import AudioEncoder
 from asr.first_pass import FirstPass, disagreements, load_first_pass
-from asr.generation import DecodingConfig
+from asr.generation import DecodingConfig, through_eos
 from asr.processing import ASRProcessor
 from asr.projector import build_projector
 from asr.prompt import IGNORE_INDEX
@@ -797,7 +797,7 @@ class ASRModel(PreTrainedModel):
         if not differ:
             return texts
         eos = self.generation_config.eos_token_id  # one id: set from the processor's tokenizer
-        own = [row[: row.index(eos) + 1] if eos in row else row for row in tokens.tolist()]
+        own = [through_eos(row, eos) for row in tokens.tolist()]
         n = len(differ)
         rows = torch.tensor(differ, device=self.device)
         audio, n_audio = self.audio_embeddings(inputs["input_features"][rows], inputs["mel_lengths"][rows])

@@ -14,7 +14,7 @@ import numpy as np
 from asr.audio import load_audio
 from asr.ctc_guide import CTCPrefixScorer
 from asr.first_pass import CTranslate2FirstPass, disagreements, format_hypotheses
-from asr.generation import DecodingConfig
+from asr.generation import DecodingConfig, through_eos
 from asr.lengths import SAMPLE_RATE, WHISPER_WINDOW_FRAMES, mel_frames, seconds
 from asr.runtime import numpy_model as nm
 from asr.runtime.export import (
@@ -281,7 +281,7 @@ class RuntimeModel:
         written, firsts, differ = disagreements(texts, first_pass, self.two_pass["target_normalization"])
         if not differ:
             return texts
-        own = [ids[i][: ids[i].index(self.eos) + 1] if self.eos in ids[i] else ids[i] for i in differ]
+        own = [through_eos(ids[i], self.eos) for i in differ]
         theirs = [self._encode(firsts[i].strip()) + [self.eos] for i in differ]
         llm = nm.answer_logprobs(
             [prompts[i] for i in differ],
