@@ -62,10 +62,24 @@ def test_evaluate_command(tmp_path: Path, checkpoint: Path, capsys) -> None:
     manifest.write_text(json.dumps({"audio": "a.wav", "text": "HELLO WORLD"}) + "\n")
     report, summary = tmp_path / "r.jsonl", tmp_path / "s.json"
     argv = ["evaluate", "--model", str(checkpoint), "--manifest", str(manifest), "--report", str(report)]
-    assert cli.main([*argv, "--json", str(summary), "--threads", "1", "--max-new-tokens", "4"]) == 0
-    assert "| system |" in capsys.readouterr().out
+    train = tmp_path / "train.jsonl"
+    train.write_text(json.dumps({"audio": "a.wav", "text": "Hello there"}) + "\n")
+    options = [
+        "--json",
+        str(summary),
+        "--threads",
+        "1",
+        "--max-new-tokens",
+        "4",
+        "--train-manifest",
+        str(train),
+    ]
+    assert cli.main([*argv, *options]) == 0
+    out = capsys.readouterr().out
+    assert "| system |" in out and "| times in training |" in out
     [row] = json.loads(summary.read_text())
     assert row["utterances"] == 1 and row["reference_words"] == 2 and row["wer"] > 0
+    assert [b["words"] for b in row["hits_by_training_count"]] == [1, 1, 0, 0]  # world unseen, hello once
     assert json.loads(report.read_text())["ref_normalised"] == "hello world"
 
 

@@ -15,10 +15,14 @@ from asr.evaluate import (
     corpus_cer,
     corpus_wer,
     evaluate,
+    format_hits_by_training_count,
     format_table,
+    hits_by_training_count,
     normalize,
     read_manifest,
+    training_word_counts,
     word_counts,
+    word_hits,
 )
 from asr.inference import Transcriber
 
@@ -149,3 +153,39 @@ def test_agreement_with_a_baseline_splits_by_where_the_baseline_is_wrong():
     assert a["wer_where_baseline_wrong"] == 1 / 4  # "y h" for "g h"; "e f" corrected
     assert a["baseline_wer_where_wrong"] == 2 / 4
     assert "samples" not in ours.to_dict()
+
+
+def test_word_hits_mark_the_reference_words_the_alignment_matches() -> None:
+    assert word_hits("the cat sat on the mat", "the hat sat the mat") == [
+        True,
+        False,
+        True,
+        False,
+        True,
+        True,
+    ]
+    assert word_hits("a b", "x a y b z") == [True, True]  # insertions around matches
+    assert word_hits("a b", "") == [False, False] and word_hits("", "a") == []
+    hits = word_hits("mark is going to see elephant", "john is going to be a doctor")
+    assert sum(hits) == word_counts("mark is going to see elephant", "john is going to be a doctor").hits
+
+
+def test_word_accuracy_by_how_often_training_saw_the_word(tmp_path: Path) -> None:
+    from asr.evaluate import Result
+
+    manifest = tmp_path / "train.jsonl"
+    texts = ["THE CAT SAT.", "The dog sat", "the cat ran", *["the"] * 47, "Seven"]
+    manifest.write_text("".join(json.dumps({"audio": "x.wav", "text": t}) + "\n" for t in texts))
+    counts = training_word_counts([manifest])
+    assert counts["the"] == 50 and counts["cat"] == 2 and counts["seven"] == 1 and "mat" not in counts
+    samples = [  # ref: the(50) cat(2) sat(2) on(0) a(0) mat(0); seven(1) dog(1)
+        {"ref_normalised": "the cat sat on a mat", "hyp_normalised": "the cat sat on the hat"},
+        {"ref_normalised": "seven dog", "hyp_normalised": "seven"},
+    ]
+    result = Result("m", 2, 0, 0.0, 0.0, 0.0, 0, 0, 0, 8, 0.0, 0.0, samples=samples)
+    bins = hits_by_training_count(result, counts)
+    assert [b["seen"] for b in bins] == ["0", "1-4", "5-49", "50+"]
+    assert [b["words"] for b in bins] == [3, 4, 0, 1]
+    assert [b["accuracy"] for b in bins] == [pytest.approx(1 / 3), 0.75, 0.0, 1.0]  # on; cat sat seven
+    table = format_hits_by_training_count([result, result], counts)
+    assert "| 0 | 3 (37.5%) | 33.3% | 33.3% |" in table and table.count("\n") == 5

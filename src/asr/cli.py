@@ -100,11 +100,21 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from asr.evaluate import agreement, evaluate, format_agreement, format_table, read_manifest
+    from asr.evaluate import (
+        evaluate,
+        format_agreement,
+        format_hits_by_training_count,
+        format_table,
+        read_manifest,
+        summarise,
+        training_word_counts,
+    )
     from asr.inference import Transcriber
 
     threads = _threads(args.threads)
     rows = read_manifest(args.manifest, limit=args.limit)
+    # read before the long run, so a wrong path fails fast
+    counts = training_word_counts(args.train_manifest) if args.train_manifest else None
     systems = [args.model] + ([args.compare] if args.compare else [])
     beams = [args.beam, args.beam if args.compare_beam is None else args.compare_beam]
     results = []
@@ -130,11 +140,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(format_table(results))
     if len(results) == 2:
         print("\n" + format_agreement(*results))
+    if counts is not None:
+        print(
+            f"\nword accuracy by how often the word occurs in {len(args.train_manifest)} training manifest(s)\n"
+        )
+        print(format_hits_by_training_count(results, counts))
     if args.json:
-        summary = [r.to_dict() for r in results]
-        if len(results) == 2:
-            summary[0]["agreement"] = agreement(*results)
-        Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
+        Path(args.json).write_text(json.dumps(summarise(results, counts), indent=2) + "\n")
     return 0
 
 
@@ -211,6 +223,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--report", default=None, help="per-utterance JSONL report path")
     p.add_argument("--json", default=None, help="write the summary rows as JSON here")
+    p.add_argument(
+        "--train-manifest",
+        action="append",
+        default=None,
+        metavar="JSONL",
+        help="a training manifest (repeat for several): also print each system's word accuracy "
+        "by how often the reference word occurs in their transcripts (unseen, 1-4, 5-49, 50+)",
+    )
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser(

@@ -273,6 +273,73 @@ def format_table(results: Sequence[Result]) -> str:
     return "\n".join(lines)
 
 
+COUNT_BINS = ((0, 0), (1, 4), (5, 49), (50, None))  # times a word occurs in the training transcripts
+
+
+def word_hits(reference: str, hypothesis: str) -> list[bool]:
+    """For each word of ``reference`` (normalised), whether the alignment matches it in
+    ``hypothesis``: the per-word view that :class:`Counts` sums up."""
+    ref = reference.split()
+    hits = [False] * len(ref)
+    if ref and hypothesis.split():
+        for chunk in jiwer.process_words(reference, hypothesis).alignments[0]:
+            if chunk.type == "equal":
+                hits[chunk.ref_start_idx : chunk.ref_end_idx] = [True] * (
+                    chunk.ref_end_idx - chunk.ref_start_idx
+                )
+    return hits
+
+
+def training_word_counts(manifests: Sequence[str | Path]) -> dict[str, int]:
+    """How often each normalised word occurs in the transcripts of training manifests (each row
+    once, whatever weight a data config draws it at)."""
+    counts: dict[str, int] = {}
+    for manifest in manifests:
+        for row in read_manifest(manifest):
+            for word in normalize(row["text"]).split():
+                counts[word] = counts.get(word, 0) + 1
+    return counts
+
+
+def hits_by_training_count(result: Result, counts: dict[str, int]) -> list[dict]:
+    """Word accuracy (share of reference words the hypothesis matches) of each bin of
+    :data:`COUNT_BINS`: a model that learns words only from its training speech gets the unseen
+    and rare ones wrong, so this separates a data limit from a modelling one."""
+    total, right = [0] * len(COUNT_BINS), [0] * len(COUNT_BINS)
+    for sample in result.samples:
+        ref = sample["ref_normalised"]
+        for word, hit in zip(ref.split(), word_hits(ref, sample["hyp_normalised"]), strict=True):
+            n = counts.get(word, 0)
+            b = next(i for i, (lo, hi) in enumerate(COUNT_BINS) if n >= lo and (hi is None or n <= hi))
+            total[b], right[b] = total[b] + 1, right[b] + hit
+    words = max(sum(total), 1)
+    return [
+        {
+            "seen": f"{lo}+" if hi is None else f"{lo}" if lo == hi else f"{lo}-{hi}",
+            "words": n,
+            "share": n / words,
+            "accuracy": r / n if n else 0.0,
+        }
+        for (lo, hi), n, r in zip(COUNT_BINS, total, right, strict=True)
+    ]
+
+
+def format_hits_by_training_count(results: Sequence[Result], counts: dict[str, int]) -> str:
+    """A Markdown table: reference words by how often they occur in the training transcripts,
+    with each system's word accuracy on them."""
+    rows = [hits_by_training_count(r, counts) for r in results]
+    header = (
+        "| times in training | reference words | "
+        + " | ".join(f"{r.system} accuracy" for r in results)
+        + " |"
+    )
+    lines = [header, "|---" * (header.count("|") - 1) + "|"]
+    for i, first in enumerate(rows[0]):
+        accuracies = " | ".join(f"{100 * row[i]['accuracy']:.1f}%" for row in rows)
+        lines.append(f"| {first['seen']} | {first['words']} ({100 * first['share']:.1f}%) | {accuracies} |")
+    return "\n".join(lines)
+
+
 def agreement(ours: Result, baseline: Result) -> dict[str, float]:
     """How a system relates to a baseline on the same utterances (for two-pass mode, whose first
     pass is the faster-whisper baseline's own decoder): how often it writes exactly what the
@@ -297,6 +364,18 @@ def agreement(ours: Result, baseline: Result) -> dict[str, float]:
         "wer_where_baseline_wrong": wrong.rate,
         "baseline_wer_where_wrong": base_wrong.rate,
     }
+
+
+def summarise(results: Sequence[Result], counts: dict[str, int] | None = None) -> list[dict]:
+    """``asr evaluate --json``: each system's scores; the first of two also its agreement with
+    the second, and each its word accuracy by training count when ``counts`` is given."""
+    summary = [r.to_dict() for r in results]
+    if len(results) == 2:
+        summary[0]["agreement"] = agreement(*results)
+    if counts is not None:
+        for result, row in zip(results, summary, strict=True):
+            row["hits_by_training_count"] = hits_by_training_count(result, counts)
+    return summary
 
 
 def format_agreement(ours: Result, baseline: Result) -> str:
