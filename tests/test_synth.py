@@ -99,6 +99,32 @@ def test_build_corpus_writes_and_reuses(tmp_path: Path) -> None:
     assert [r["text"] for r in other] == synth.sentences(8, 2)
 
 
+def test_corpus_of_given_sentences(tmp_path: Path) -> None:
+    """Sentences from a file are spoken as normalised (digits as words, no punctuation), bad lines
+    are named, and other sentences rebuild the corpus."""
+    text = tmp_path / "sentences.txt"
+    text.write_text("The Zeppelin landed at 9.\n\nQuixotic ferns, she said!\n")
+    assert synth.read_sentences(text) == ["the zeppelin landed at nine", "quixotic ferns she said"]
+    manifest = synth.build_corpus(tmp_path / "c", n=2, seed=0, texts=synth.read_sentences(text))
+    rows = read_rows(manifest)
+    assert [r["text"] for r in rows] == ["the zeppelin landed at nine", "quixotic ferns she said"]
+    assert all(rms(load_audio(manifest.parent / r["audio"])) > 0.01 for r in rows)
+    again = synth.build_corpus(tmp_path / "c", n=1, seed=0, texts=["a different sentence", "unused"])
+    assert [r["text"] for r in read_rows(again)] == ["a different sentence"]
+
+    with pytest.raises(ValueError, match="3 clips asked for, 2 sentences given"):
+        synth.build_corpus(tmp_path / "d", n=3, texts=["one", "two"])
+    bad = tmp_path / "bad.txt"
+    bad.write_text("fine words\n?!\n")
+    with pytest.raises(ValueError, match=re.escape(f"{bad}:2: no words to speak")):
+        synth.read_sentences(bad)
+    (tmp_path / "blank.txt").write_text("\n  \n")
+    with pytest.raises(ValueError, match="no sentences"):
+        synth.read_sentences(tmp_path / "blank.txt")
+    with pytest.raises(SystemExit):  # the CLI names the file instead of a traceback
+        synth.main([str(tmp_path / "e"), "--text", str(bad)])
+
+
 def test_default_corpus_keeps_dev_apart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ASR_CACHE", str(tmp_path))
     train, dev = synth.default_corpus(n_train=10, n_dev=4)

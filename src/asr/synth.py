@@ -1,4 +1,4 @@
-"""Offline synthetic speech corpus: templated English sentences spoken by espeak-ng.
+"""Offline synthetic speech corpus: templated English sentences (or your own) spoken by espeak-ng.
 
 The default training/eval data when no real speech is at hand. espeak-ng comes from the pip package
 ``espeakng-loader`` (library + voice data, no system install, no network) and is driven in-process
@@ -307,12 +307,40 @@ def sentences(n: int, seed: int, exclude: Collection[str] = ()) -> list[str]:
     raise ValueError(f"sentences: could not draw {n} sentences outside the {len(exclude)} excluded ones")
 
 
+def read_sentences(path: str | Path) -> list[str]:
+    """The sentences of a text file, one per line, normalised as transcripts are scored
+    (:func:`asr.evaluate.normalize`: lower case, no punctuation, digits as words), so the speech and
+    its transcript say the same words. Blank lines are skipped; a line with no words is an error."""
+    from asr.evaluate import normalize
+
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: cannot read sentences ({e})") from e
+    out = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        text = normalize(line)
+        if not text:
+            raise ValueError(f"{path}:{number}: no words to speak in {line.strip()!r}")
+        out.append(text)
+    if not out:
+        raise ValueError(f"{path}: no sentences (one per line)")
+    return out
+
+
 # --------------------------------------------------------------------------- corpora
 
 
-def _corpus_key(n: int, seed: int, voices: Sequence[str], exclude: Collection[str]) -> str:
-    spec = json.dumps([CORPUS_VERSION, n, seed, list(voices), sorted(exclude)])
-    return hashlib.sha1(spec.encode()).hexdigest()[:12]
+def _corpus_key(
+    n: int, seed: int, voices: Sequence[str], exclude: Collection[str], texts: Sequence[str] | None = None
+) -> str:
+    spec = [CORPUS_VERSION, n, seed, list(voices), sorted(exclude)] + (
+        [list(texts)] if texts is not None else []
+    )
+    return hashlib.sha1(json.dumps(spec).encode()).hexdigest()[:12]
 
 
 def _is_complete(out_dir: Path, split: str, key: str, n: int) -> bool:
@@ -341,27 +369,36 @@ def build_corpus(
     voices: list[str] | None = None,
     split: str = "train",
     exclude: Collection[str] = (),
+    texts: Sequence[str] | None = None,
 ) -> Path:
     """Synthesise ``n`` clips into ``out_dir/audio/`` and return the manifest ``out_dir/<split>.jsonl``.
 
+    The clips say templated sentences (:func:`sentences`), or the first ``n`` of ``texts`` when given
+    (e.g. :func:`read_sentences`: sentences with words a real corpus lacks).
+
     Each clip gets a voice from ``voices`` (default :data:`DEFAULT_VOICES`), a rate in :data:`RATE_RANGE`,
     a pitch in :data:`PITCH_RANGE` and 0.05-0.3 s of silence at each end. The manifest is written last
-    (temp file + rename) next to a key of (version, n, seed, voices, exclude): a repeated call with the same
-    arguments returns at once, and an interrupted build is never mistaken for a finished one.
+    (temp file + rename) next to a key of (version, n, seed, voices, exclude, texts): a repeated call
+    with the same arguments returns at once, and an interrupted build is never mistaken for a finished one.
     """
     if n <= 0:
         raise ValueError(f"build_corpus: n must be positive, got {n}")
+    if texts is not None:
+        if len(texts) < n:
+            raise ValueError(f"build_corpus: {n} clips asked for, {len(texts)} sentences given")
+        texts = list(texts[:n])
     voices = list(voices or DEFAULT_VOICES)
     out_dir = Path(out_dir)
     manifest = out_dir / f"{split}.jsonl"
-    key = _corpus_key(n, seed, voices, exclude)
+    key = _corpus_key(n, seed, voices, exclude, texts)
     if _is_complete(out_dir, split, key, n):
         return manifest
     manifest.unlink(missing_ok=True)  # a stale manifest must not pair with the new key below
     (out_dir / "audio").mkdir(parents=True, exist_ok=True)
     rng = random.Random(f"asr.synth.corpus:{seed}:{split}")
     rows = []
-    for i, text in enumerate(tqdm(sentences(n, seed, exclude), desc=f"synthesising {split}", unit="clip")):
+    spoken = texts if texts is not None else sentences(n, seed, exclude)
+    for i, text in enumerate(tqdm(spoken, desc=f"synthesising {split}", unit="clip")):
         voice, rate, pitch = rng.choice(voices), rng.randint(*RATE_RANGE), rng.randint(*PITCH_RANGE)
         pad = [int(rng.uniform(*PAD_RANGE) * SAMPLE_RATE) for _ in range(2)]
         audio = np.pad(synthesize(text, voice, rate, pitch), pad)
@@ -409,14 +446,27 @@ def main(argv: list[str] | None = None) -> None:
         description="Synthesise an espeak-ng speech corpus (manifest + 16 kHz wavs)."
     )
     parser.add_argument("out_dir", type=Path)
-    parser.add_argument("--n", type=int, default=100, help="number of clips")
+    parser.add_argument(
+        "--n", type=int, default=None, help="number of clips (default 100, or every line of --text)"
+    )
+    parser.add_argument(
+        "--text",
+        type=Path,
+        default=None,
+        help="speak these sentences (a text file, one per line) instead of templated ones",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--split", default="train", help="manifest name: OUT_DIR/<split>.jsonl")
     parser.add_argument(
         "--voices", nargs="+", default=None, help=f"espeak-ng voices (default {' '.join(DEFAULT_VOICES)})"
     )
     args = parser.parse_args(argv)
-    print(build_corpus(args.out_dir, args.n, args.seed, args.voices, args.split))
+    try:
+        texts = read_sentences(args.text) if args.text else None
+    except ValueError as e:
+        parser.error(str(e))
+    n = args.n or (len(texts) if texts is not None else 100)
+    print(build_corpus(args.out_dir, n, args.seed, args.voices, args.split, texts=texts))
 
 
 if __name__ == "__main__":
