@@ -187,5 +187,5 @@ def test_word_accuracy_by_how_often_training_saw_the_word(tmp_path: Path) -> Non
     assert [b["seen"] for b in bins] == ["0", "1-4", "5-49", "50+"]
     assert [b["words"] for b in bins] == [3, 4, 0, 1]
     assert [b["accuracy"] for b in bins] == [pytest.approx(1 / 3), 0.75, 0.0, 1.0]  # on; cat sat seven
-    table = format_hits_by_training_count([result, result], counts)
+    table = format_hits_by_training_count([result, result], [bins, bins])
     assert "| 0 | 3 (37.5%) | 33.3% | 33.3% |" in table and table.count("\n") == 5

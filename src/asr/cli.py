@@ -105,6 +105,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         format_agreement,
         format_hits_by_training_count,
         format_table,
+        hits_by_training_count,
         read_manifest,
         summarise,
         training_word_counts,
@@ -140,13 +141,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(format_table(results))
     if len(results) == 2:
         print("\n" + format_agreement(*results))
-    if counts is not None:
+    hits = [hits_by_training_count(r, counts) for r in results] if counts is not None else None
+    if hits is not None:
         print(
             f"\nword accuracy by how often the word occurs in {len(args.train_manifest)} training manifest(s)\n"
         )
-        print(format_hits_by_training_count(results, counts))
+        print(format_hits_by_training_count(results, hits))
     if args.json:
-        Path(args.json).write_text(json.dumps(summarise(results, counts), indent=2) + "\n")
+        Path(args.json).write_text(json.dumps(summarise(results, hits), indent=2) + "\n")
     return 0
 
 

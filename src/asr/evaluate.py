@@ -324,10 +324,9 @@ def hits_by_training_count(result: Result, counts: dict[str, int]) -> list[dict]
     ]
 
 
-def format_hits_by_training_count(results: Sequence[Result], counts: dict[str, int]) -> str:
+def format_hits_by_training_count(results: Sequence[Result], rows: Sequence[list[dict]]) -> str:
     """A Markdown table: reference words by how often they occur in the training transcripts,
-    with each system's word accuracy on them."""
-    rows = [hits_by_training_count(r, counts) for r in results]
+    with each system's word accuracy on them (``rows``: :func:`hits_by_training_count` of each)."""
     header = (
         "| times in training | reference words | "
         + " | ".join(f"{r.system} accuracy" for r in results)
@@ -366,15 +365,16 @@ def agreement(ours: Result, baseline: Result) -> dict[str, float]:
     }
 
 
-def summarise(results: Sequence[Result], counts: dict[str, int] | None = None) -> list[dict]:
+def summarise(results: Sequence[Result], hits: Sequence[list[dict]] | None = None) -> list[dict]:
     """``asr evaluate --json``: each system's scores; the first of two also its agreement with
-    the second, and each its word accuracy by training count when ``counts`` is given."""
+    the second, and each its word accuracy by training count when ``hits`` (one
+    :func:`hits_by_training_count` per system) is given."""
     summary = [r.to_dict() for r in results]
     if len(results) == 2:
         summary[0]["agreement"] = agreement(*results)
-    if counts is not None:
-        for result, row in zip(results, summary, strict=True):
-            row["hits_by_training_count"] = hits_by_training_count(result, counts)
+    if hits is not None:
+        for row, bins in zip(summary, hits, strict=True):
+            row["hits_by_training_count"] = bins
     return summary
 
 

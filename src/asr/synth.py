@@ -465,7 +465,7 @@ def main(argv: list[str] | None = None) -> None:
         texts = read_sentences(args.text) if args.text else None
     except ValueError as e:
         parser.error(str(e))
-    n = args.n or (len(texts) if texts is not None else 100)
+    n = args.n if args.n is not None else len(texts) if texts is not None else 100
     print(build_corpus(args.out_dir, n, args.seed, args.voices, args.split, texts=texts))
 
 
